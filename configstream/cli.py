@@ -1,0 +1,215 @@
+"""Command line: `configstream run` and `configstream demo`.
+
+Parses arguments, sets up logging once, draws progress with rich on a
+terminal (plain log lines otherwise) and turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from configstream import __version__
+from configstream.config import (
+    DEFAULT_TEST_URL,
+    DEFAULT_TRACE_URL,
+    RunSettings,
+    allowed_networks,
+    load_sources,
+)
+from configstream.errors import ConfigStreamError, SettingsError
+from configstream.pipeline import run_pipeline
+
+log = logging.getLogger("configstream")
+console = Console(stderr=True)
+
+
+class _RichReporter:
+    """Draws one progress bar per stage."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def stage(self, name: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self, count: int = 1) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
+class _LogReporter:
+    """Plain log lines for CI logs and pipes."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.total: int | None = None
+        self.done = 0
+
+    def stage(self, name: str, total: int | None) -> None:
+        self.name, self.total, self.done = name, total, 0
+        log.info("%s: started%s", name, f" ({total} items)" if total is not None else "")
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        if self.total and self.done % max(1, self.total // 10) == 0:
+            log.info("%s: %d/%d", self.name, self.done, self.total)
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=verbose)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("configstream").setLevel(level)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, default=Path("output"), help="output folder")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder")
+    parser.add_argument("--timeout", type=float, default=8.0, help="seconds per proxy test")
+    parser.add_argument("--concurrency", type=int, default=200, help="tests in flight")
+    parser.add_argument("--geoip", type=Path, help="MaxMind-format country database")
+    parser.add_argument("--singbox", type=Path, help="sing-box binary (default: bundled)")
+    parser.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only contact servers in these networks (repeatable; also "
+        "CONFIGSTREAM_ALLOW_NETWORKS)",
+    )
+    parser.add_argument("--no-test", action="store_true", help="publish parsed proxies untested")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `configstream` command."""
+    parser = argparse.ArgumentParser(
+        prog="configstream",
+        description="Fetch, parse, test and publish free proxy subscriptions.",
+    )
+    parser.add_argument("--version", action="version", version=f"configstream {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline on a sources file")
+    run.add_argument("--sources", type=Path, default=Path("sources.yml"))
+    run.add_argument("--test-url", default=DEFAULT_TEST_URL)
+    run.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
+    _add_run_options(run)
+
+    demo = commands.add_parser(
+        "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"
+    )
+    _add_run_options(demo)
+    demo.set_defaults(timeout=3.0)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
+    if args.timeout <= 0:
+        raise SettingsError("must be a positive number of seconds", "--timeout")
+    if args.concurrency < 1:
+        raise SettingsError("must be at least 1", "--concurrency")
+    values: dict[str, Any] = dict(
+        output=args.output,
+        cache=args.cache,
+        timeout=args.timeout,
+        concurrency=args.concurrency,
+        geoip=args.geoip,
+        allow_networks=allowed_networks(args.allow_network),
+        no_test=args.no_test,
+        singbox=args.singbox,
+    )
+    values.update(overrides)
+    return RunSettings(**values)
+
+
+def print_summary(stats: dict[str, Any], output: Path) -> None:
+    """A short table of the run's counts, on stdout."""
+    table = Table(title="ConfigStream run", show_header=False)
+    rows = [
+        ("sources ok / failed", f"{stats['fetch']['ok']} / {stats['fetch']['failed']}"),
+        ("links found", stats["parse"]["found"]),
+        ("parsed / rejected", f"{stats['parse']['parsed']} / {stats['parse']['rejected']}"),
+        ("unique", stats["dedupe"]["unique"]),
+        ("alive", stats["test"]["alive"]),
+        ("dead", stats["test"]["dead"]),
+        ("untestable", stats["test"]["untestable"]),
+        ("skipped", stats["test"]["skipped"]),
+        ("untested", stats["test"]["untested"]),
+        ("seconds", stats["seconds"]["total"]),
+    ]
+    for label, value in rows:
+        table.add_row(label, str(value))
+    out = Console()
+    out.print(table)
+    out.print(f"Output written to {output.resolve()}")
+
+
+async def _run(settings: RunSettings) -> dict[str, Any]:
+    if console.is_terminal:
+        columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            outcome = await run_pipeline(settings, _RichReporter(progress))
+    else:
+        outcome = await run_pipeline(settings, _LogReporter())
+    return outcome.stats
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        settings = _settings(
+            args,
+            sources=load_sources(args.sources),
+            test_url=args.test_url,
+            trace_url=args.trace_url or None,
+        )
+        stats = asyncio.run(_run(settings))
+        print_summary(stats, settings.output)
+        return 0
+    from configstream.demo import run_demo
+
+    return run_demo(args, _settings, _run, print_summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _command(args)
+    except ConfigStreamError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        if args.verbose:
+            console.print_exception()
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Settings: the sources file and the options of a run, as typed objects.
+
+This is the only module that reads sources.yml or the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configstream.errors import SettingsError
+from configstream.parse import FORMATS
+
+ALLOW_ENV = "CONFIGSTREAM_ALLOW_NETWORKS"
+DEFAULT_TEST_URL = "https://cp.cloudflare.com/generate_204"
+DEFAULT_TRACE_URL = "https://www.cloudflare.com/cdn-cgi/trace"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One subscription source: an http(s) URL or a local file path."""
+
+    name: str
+    url: str
+    format: str = "auto"
+    enabled: bool = True
+
+    @property
+    def is_remote(self) -> bool:
+        return self.url.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Everything one run needs, already validated."""
+
+    sources: tuple[Source, ...]
+    output: Path
+    cache: Path
+    test_url: str = DEFAULT_TEST_URL
+    trace_url: str | None = DEFAULT_TRACE_URL
+    timeout: float = 8.0
+    concurrency: int = 200
+    geoip: Path | None = None
+    allow_networks: tuple[Network, ...] = ()
+    no_test: bool = False
+    singbox: Path | None = None
+    fetch_timeout: float = 20.0
+    title: str = "ConfigStream"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _entry(raw: Any, index: int, base: Path) -> Source:
+    where = f"sources[{index}]"
+    if not isinstance(raw, dict):
+        raise SettingsError("must be a mapping with name and url", where)
+    unknown = set(raw) - {"name", "url", "format", "enabled", "tags", "notes"}
+    if unknown:
+        raise SettingsError(f"unknown field(s) {', '.join(sorted(unknown))}", where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SettingsError("'name' must be 1-100 letters, digits, '.', '_' or '-'", where)
+    where = f"{where} ({name})"
+    url = raw.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise SettingsError("'url' must be a non-empty string", where)
+    url = url.strip()
+    if "://" in url and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"'url' scheme must be http or https, got {url.split('://')[0]!r}", where)
+    if "://" not in url:
+        url = str((base / url).resolve()) if not Path(url).is_absolute() else url
+    fmt = raw.get("format", "auto") or "auto"
+    if fmt not in FORMATS:
+        raise SettingsError(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}", where)
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SettingsError("'enabled' must be true or false", where)
+    return Source(name=name, url=url, format=fmt, enabled=enabled)
+
+
+def load_sources(path: str | Path) -> tuple[Source, ...]:
+    """Read and validate a sources file; relative paths are taken from its folder.
+
+    Raises:
+        SettingsError: the file is missing, not YAML, or an entry is invalid;
+            the message names the entry and the field.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"cannot read sources file: {exc.strerror}", str(path)) from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"not valid YAML: {exc}", str(path)) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
+        raise SettingsError("must have a top-level 'sources:' list", str(path))
+    sources = [_entry(raw, i, path.parent) for i, raw in enumerate(data["sources"])]
+    seen: set[str] = set()
+    for index, source in enumerate(sources):
+        if source.name in seen:
+            raise SettingsError(f"duplicate name {source.name!r}", f"{path}: sources[{index}]")
+        seen.add(source.name)
+    return tuple(sources)
+
+
+def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
+    """Parse CIDR strings (comma-separated allowed) into networks.
+
+    Raises:
+        SettingsError: a value is not a network.
+    """
+    networks: list[Network] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise SettingsError(f"{item!r} is not a network in CIDR form", "--allow-network") from None
+    return tuple(networks)
+
+
+def allowed_networks(cli_values: Sequence[str]) -> tuple[Network, ...]:
+    """Networks from --allow-network plus the CONFIGSTREAM_ALLOW_NETWORKS variable."""
+    return parse_networks([*cli_values, os.environ.get(ALLOW_ENV, "")])

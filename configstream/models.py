@@ -1,0 +1,167 @@
+"""Typed records passed between the pipeline stages.
+
+A `Proxy` is one server configuration, whatever shape it arrived in (share
+link, Clash entry, sing-box outbound). Its equality and hash ignore the display
+name, so a `Proxy` is its own de-duplication key: two configs are the same when
+protocol, address, port, credentials, transport and TLS settings agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+PROTOCOLS = (
+    "vmess",
+    "vless",
+    "trojan",
+    "shadowsocks",
+    "hysteria2",
+    "hysteria",
+    "tuic",
+    "socks",
+    "http",
+    "ssr",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """A V2Ray-style transport under the proxy protocol.
+
+    `type` is the name used in share links (`ws`, `grpc`, `http`,
+    `httpupgrade`, `xhttp`, `kcp`, `quic`, ...). `options` keeps link-only
+    parameters (gRPC `mode`, `authority`, ...) so a link round-trip loses
+    nothing even where sing-box has no field for them.
+    """
+
+    type: str
+    path: str = ""
+    host: str = ""
+    service_name: str = ""
+    max_early_data: int = 0
+    early_data_header: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS or REALITY settings of a client connection."""
+
+    server_name: str = ""
+    insecure: bool = False
+    alpn: tuple[str, ...] = ()
+    fingerprint: str = ""
+    reality_public_key: str = ""
+    reality_short_id: str = ""
+    reality_spider_x: str = ""
+
+    @property
+    def is_reality(self) -> bool:
+        return bool(self.reality_public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """One proxy server configuration.
+
+    Fields that a protocol does not use stay at their empty default. `name` is
+    excluded from equality and hashing (see the module docstring).
+    """
+
+    protocol: str
+    server: str
+    port: int
+    name: str = field(default="", compare=False)
+    uuid: str = ""
+    password: str = ""
+    username: str = ""
+    method: str = ""
+    alter_id: int = 0
+    flow: str = ""
+    plugin: str = ""
+    plugin_opts: str = ""
+    ports: tuple[str, ...] = ()
+    obfs: str = ""
+    obfs_password: str = ""
+    congestion_control: str = ""
+    udp_relay_mode: str = ""
+    up_mbps: int = 0
+    down_mbps: int = 0
+    transport: Transport | None = None
+    tls: Tls | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        """`host:port` as used in logs; never carries a credential."""
+        host = f"[{self.server}]" if ":" in self.server else self.server
+        return f"{host}:{self.port}"
+
+
+class Status(enum.StrEnum):
+    """Outcome of testing one proxy."""
+
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNTESTABLE = "untestable"
+    SKIPPED = "skipped"
+    UNTESTED = "untested"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What testing one proxy found; `reason` explains any status but alive."""
+
+    status: Status
+    latency_ms: float | None = None
+    exit_ip: str | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Entry:
+    """A unique proxy with the sources that published it and its results."""
+
+    proxy: Proxy
+    sources: list[str] = field(default_factory=list)
+    result: ProbeResult = ProbeResult(Status.UNTESTED)
+    country: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A line or entry that could not be parsed, with the counted reason."""
+
+    reason: str
+    detail: str
+    where: str
+
+
+@dataclass(slots=True)
+class ParseReport:
+    """The result of reading one subscription body."""
+
+    shape: str
+    proxies: list[Proxy] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    found: int = 0
+
+
+def identity(proxy: Proxy) -> str:
+    """A stable text key of what makes a proxy unique (never its name).
+
+    Used where a key must survive across runs (the cache, name suffixes);
+    within one run the `Proxy` itself serves as the key.
+    """
+    values = [
+        dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        for f in dataclasses.fields(proxy)
+        if f.compare
+        for value in [getattr(proxy, f.name)]
+    ]
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=list)
+    return hashlib.blake2s(text.encode("utf-8"), digest_size=12).hexdigest()

@@ -1,0 +1,318 @@
+"""Clash/mihomo proxy entries and sing-box outbounds into `Proxy` models.
+
+Both readers take plain dicts that came out of YAML or JSON. Clash values
+arrive as text (see `parse.subscription.load_yaml`), so every number and flag
+is converted here, where its field is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from configstream.errors import LinkError
+from configstream.models import Proxy, Tls, Transport
+from configstream.parse.links import (
+    _check_host,
+    _check_port,
+    _flag,
+    _port_ranges,
+    build_transport,
+)
+
+# sing-box outbound types that route traffic rather than describe a server.
+_SINGBOX_NON_PROXY = {"selector", "urltest", "direct", "block", "dns"}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return str(value[0]).strip() if value else ""
+    return str(value).strip()
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(str(item).strip() for item in value if str(item).strip())
+    if isinstance(value, str) and value.strip():
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return ()
+
+
+def _int(value: Any, field: str) -> int:
+    text = _text(value)
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise LinkError("bad-field", f"{field} {text[:20]!r} is not a number") from None
+
+
+def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
+    network = _text(entry.get("network")) or "tcp"
+    if network == "ws":
+        opts = _mapping(entry.get("ws-opts"))
+        headers = _mapping(opts.get("headers")) or _mapping(entry.get("ws-headers"))
+        path = _text(opts.get("path")) or _text(entry.get("ws-path")) or "/"
+        transport = build_transport("ws", path=path, host=_text(headers.get("Host")))
+        early = _int(opts.get("max-early-data"), "max-early-data")
+        if transport is not None and early:
+            header = _text(opts.get("early-data-header-name")) or "Sec-WebSocket-Protocol"
+            transport = Transport(
+                type="ws",
+                path=transport.path,
+                host=transport.host,
+                max_early_data=early,
+                early_data_header=header,
+            )
+        return transport
+    if network == "grpc":
+        opts = _mapping(entry.get("grpc-opts"))
+        return build_transport("grpc", service_name=_text(opts.get("grpc-service-name")))
+    if network in {"h2", "http"}:
+        opts = _mapping(entry.get("h2-opts") if network == "h2" else entry.get("http-opts"))
+        headers = _mapping(opts.get("headers"))
+        host = _text(opts.get("host")) or _text(headers.get("Host"))
+        if network == "http":
+            # Clash's `network: http` is V2Ray's TCP HTTP header disguise.
+            return build_transport(
+                "tcp", path=_text(opts.get("path")), host=host, header_type="http"
+            )
+        return build_transport("http", path=_text(opts.get("path")), host=host)
+    if network == "httpupgrade":
+        opts = _mapping(entry.get("http-upgrade-opts") or entry.get("ws-opts"))
+        headers = _mapping(opts.get("headers"))
+        return build_transport(
+            "httpupgrade", path=_text(opts.get("path")), host=_text(headers.get("Host"))
+        )
+    return build_transport(network)
+
+
+def _clash_tls(entry: Mapping[str, Any], default_on: bool) -> Tls | None:
+    if not (_flag(entry.get("tls")) or default_on):
+        return None
+    reality = _mapping(entry.get("reality-opts"))
+    return Tls(
+        server_name=_text(entry.get("servername") or entry.get("sni")),
+        insecure=_flag(entry.get("skip-cert-verify")),
+        alpn=_list(entry.get("alpn")),
+        fingerprint=_text(entry.get("client-fingerprint")),
+        reality_public_key=_text(reality.get("public-key")),
+        reality_short_id=_text(reality.get("short-id")),
+    )
+
+
+def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
+    plugin = _text(entry.get("plugin"))
+    opts = _mapping(entry.get("plugin-opts"))
+    if not plugin and entry.get("obfs"):
+        # Legacy Clash wrote simple-obfs as top-level obfs / obfs-host keys.
+        plugin, opts = "obfs", {"mode": entry.get("obfs"), "host": entry.get("obfs-host")}
+    if not plugin:
+        return "", ""
+    if plugin == "obfs":
+        parts = [f"obfs={_text(opts.get('mode'))}"]
+        if opts.get("host"):
+            parts.append(f"obfs-host={_text(opts.get('host'))}")
+        return "obfs-local", ";".join(parts)
+    if plugin == "v2ray-plugin":
+        parts = [f"mode={_text(opts.get('mode')) or 'websocket'}"]
+        if _flag(opts.get("tls")):
+            parts.append("tls")
+        for key in ("host", "path"):
+            if opts.get(key):
+                parts.append(f"{key}={_text(opts.get(key))}")
+        return "v2ray-plugin", ";".join(parts)
+    return plugin, ";".join(f"{k}={_text(v)}" for k, v in opts.items())
+
+
+def parse_clash_entry(entry: Any) -> Proxy:
+    """Read one item of a Clash/mihomo `proxies:` list.
+
+    Raises:
+        LinkError: the entry is not a mapping, has an unknown `type`, or a
+            field is unusable.
+    """
+    if not isinstance(entry, Mapping):
+        raise LinkError("bad-entry", "proxy entry is not a mapping")
+    kind = _text(entry.get("type")).lower()
+    base = {
+        "server": _check_host(_text(entry.get("server"))),
+        "port": _check_port(_text(entry.get("port"))),
+        "name": _text(entry.get("name")),
+    }
+    if kind == "vmess":
+        return Proxy(
+            protocol="vmess",
+            uuid=_text(entry.get("uuid")),
+            alter_id=_int(entry.get("alterId"), "alterId"),
+            method=_text(entry.get("cipher")) or "auto",
+            transport=_clash_transport(entry),
+            tls=_clash_tls(entry, False),
+            **base,
+        )
+    if kind == "vless":
+        return Proxy(
+            protocol="vless",
+            uuid=_text(entry.get("uuid")),
+            flow=_text(entry.get("flow")),
+            transport=_clash_transport(entry),
+            tls=_clash_tls(entry, False),
+            **base,
+        )
+    if kind == "trojan":
+        return Proxy(
+            protocol="trojan",
+            password=_text(entry.get("password")),
+            transport=_clash_transport(entry),
+            tls=_clash_tls(entry, True),
+            **base,
+        )
+    if kind == "ss":
+        plugin, plugin_opts = _clash_plugin(entry)
+        return Proxy(
+            protocol="shadowsocks",
+            method=_text(entry.get("cipher")).lower(),
+            password=_text(entry.get("password")),
+            plugin=plugin,
+            plugin_opts=plugin_opts,
+            **base,
+        )
+    if kind in {"hysteria2", "hy2"}:
+        ports = _port_ranges(_text(entry.get("ports"))) if entry.get("ports") else ()
+        return Proxy(
+            protocol="hysteria2",
+            password=_text(entry.get("password") or entry.get("auth")),
+            ports=ports,
+            obfs=_text(entry.get("obfs")),
+            obfs_password=_text(entry.get("obfs-password")),
+            up_mbps=_int(str(entry.get("up") or "").split(" ")[0], "up"),
+            down_mbps=_int(str(entry.get("down") or "").split(" ")[0], "down"),
+            tls=_clash_tls(entry, True),
+            **base,
+        )
+    if kind == "tuic":
+        return Proxy(
+            protocol="tuic",
+            uuid=_text(entry.get("uuid")),
+            password=_text(entry.get("password")),
+            congestion_control=_text(entry.get("congestion-controller")),
+            udp_relay_mode=_text(entry.get("udp-relay-mode")),
+            tls=_clash_tls(entry, True),
+            **base,
+        )
+    if kind in {"socks5", "http"}:
+        return Proxy(
+            protocol="socks" if kind == "socks5" else "http",
+            username=_text(entry.get("username")),
+            password=_text(entry.get("password")),
+            tls=_clash_tls(entry, False),
+            **base,
+        )
+    if kind == "ssr":
+        return Proxy(
+            protocol="ssr",
+            method=_text(entry.get("cipher")),
+            password=_text(entry.get("password")),
+            obfs=_text(entry.get("obfs")),
+            options=(
+                ("protocol", _text(entry.get("protocol"))),
+                ("protocol-param", _text(entry.get("protocol-param"))),
+                ("obfs-param", _text(entry.get("obfs-param"))),
+            ),
+            **base,
+        )
+    raise LinkError("unsupported-type", f"clash proxy type {kind[:20]!r} is not supported")
+
+
+def _singbox_transport(data: Mapping[str, Any]) -> Transport | None:
+    kind = _text(data.get("type"))
+    if not kind:
+        return None
+    headers = _mapping(data.get("headers"))
+    host = _text(headers.get("Host")) or _text(data.get("host"))
+    return Transport(
+        type=kind,
+        path=_text(data.get("path")),
+        host=host,
+        service_name=_text(data.get("service_name")),
+        max_early_data=_int(data.get("max_early_data"), "max_early_data"),
+        early_data_header=_text(data.get("early_data_header_name")),
+    )
+
+
+def _singbox_tls(data: Mapping[str, Any]) -> Tls | None:
+    if not data or not data.get("enabled"):
+        return None
+    reality = _mapping(data.get("reality"))
+    utls = _mapping(data.get("utls"))
+    return Tls(
+        server_name=_text(data.get("server_name")),
+        insecure=bool(data.get("insecure")),
+        alpn=_list(data.get("alpn")),
+        fingerprint=_text(utls.get("fingerprint")) if utls.get("enabled") else "",
+        reality_public_key=_text(reality.get("public_key")) if reality.get("enabled") else "",
+        reality_short_id=_text(reality.get("short_id")) if reality.get("enabled") else "",
+    )
+
+
+def is_singbox_proxy(outbound: Any) -> bool:
+    """Tell whether a sing-box outbound describes a server (not a selector)."""
+    return not (
+        isinstance(outbound, Mapping) and _text(outbound.get("type")) in _SINGBOX_NON_PROXY
+    )
+
+
+def parse_singbox_outbound(outbound: Any) -> Proxy:
+    """Read one sing-box outbound (or WireGuard endpoint) into a `Proxy`.
+
+    Raises:
+        LinkError: the item is not a mapping or its type is unsupported.
+    """
+    if not isinstance(outbound, Mapping):
+        raise LinkError("bad-entry", "outbound is not an object")
+    kind = _text(outbound.get("type")).lower()
+    if kind not in {
+        "vmess",
+        "vless",
+        "trojan",
+        "shadowsocks",
+        "hysteria2",
+        "hysteria",
+        "tuic",
+        "socks",
+        "http",
+    }:
+        raise LinkError("unsupported-type", f"sing-box outbound type {kind[:20]!r} is not supported")
+    obfs = _mapping(outbound.get("obfs"))
+    obfs_password = _text(obfs.get("password")) if obfs else _text(outbound.get("obfs"))
+    ports = tuple(_text(item) for item in outbound.get("server_ports") or [] if _text(item))
+    return Proxy(
+        protocol=kind,
+        server=_check_host(_text(outbound.get("server"))),
+        port=_check_port(_text(outbound.get("server_port"))),
+        name=_text(outbound.get("tag")),
+        uuid=_text(outbound.get("uuid")),
+        password=_text(outbound.get("password") or outbound.get("auth_str")),
+        username=_text(outbound.get("username")),
+        method=_text(outbound.get("method") or outbound.get("security")),
+        alter_id=_int(outbound.get("alter_id"), "alter_id"),
+        flow=_text(outbound.get("flow")),
+        plugin=_text(outbound.get("plugin")),
+        plugin_opts=_text(outbound.get("plugin_opts")),
+        ports=ports,
+        obfs=_text(obfs.get("type")) if kind == "hysteria2" else "",
+        obfs_password=obfs_password,
+        congestion_control=_text(outbound.get("congestion_control")),
+        udp_relay_mode=_text(outbound.get("udp_relay_mode")),
+        up_mbps=_int(outbound.get("up_mbps"), "up_mbps"),
+        down_mbps=_int(outbound.get("down_mbps"), "down_mbps"),
+        transport=_singbox_transport(_mapping(outbound.get("transport"))),
+        tls=_singbox_tls(_mapping(outbound.get("tls"))),
+    )

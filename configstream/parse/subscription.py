@@ -1,0 +1,281 @@
+"""Subscription bodies: detect the shape from the content, then parse it.
+
+Shapes: `plain` (share links one per line, with comments, glued links and
+per-line base64), `base64` (a whole body of base64 that decodes to another
+shape), `clash` (YAML or JSON with `proxies:`), `singbox` (JSON with
+`outbounds`), `sip008` (Shadowsocks server lists) and `html` (a page whose
+text carries links). The file name never decides the shape.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import yaml
+
+from configstream.errors import LinkError, SourceError
+from configstream.models import ParseReport, Proxy, Rejection
+from configstream.parse.entries import (
+    is_singbox_proxy,
+    parse_clash_entry,
+    parse_singbox_outbound,
+)
+from configstream.parse.links import SCHEMES, b64decode_lenient, parse_link
+
+FORMATS = ("auto", "plain", "base64", "clash", "singbox")
+
+_SCHEME_ALTERNATION = "|".join(
+    sorted((re.escape(s) for s in SCHEMES), key=len, reverse=True)
+)
+# A link starts at a known scheme that is not the tail of a longer word, so
+# 'ss://' inside 'vless://' is not a start.
+_LINK_START = re.compile(rf"(?<![A-Za-z0-9+.-])(?:{_SCHEME_ALTERNATION})://", re.I)
+_ANY_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{1,20}://")
+_ANY_LINK_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]{1,20}://", re.M)
+# Share of control or replacement characters above which a body is binary;
+# a few stray NUL bytes in a long list are bad lines, not a binary file.
+BINARY_SHARE = 0.1
+_BASE64_LINE = re.compile(r"^[A-Za-z0-9+/_=-]{16,}$")
+_HTML = re.compile(r"^\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
+_PROXIES_KEY = re.compile(r"^proxies\s*:", re.M)
+
+
+class _TextLoader(yaml.SafeLoader):
+    """A safe YAML loader that keeps every scalar except null as text.
+
+    YAML 1.1 reads a REALITY short id such as `01234567` as an octal number
+    and `1e10` as a float; Clash fields are converted by their readers
+    instead, where the field's type is known.
+    """
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag in {"tag:yaml.org,2002:null", "tag:yaml.org,2002:merge"}
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> list[Any]:
+    """Load every YAML document in `text`, scalars kept as text."""
+    return [doc for doc in yaml.load_all(text, Loader=_TextLoader) if doc is not None]
+
+
+def _to_text(body: bytes | str) -> str:
+    if isinstance(body, str):
+        text = body
+    else:
+        text = body.decode("utf-8", errors="replace")
+    text = text.lstrip("\ufeff")
+    sample = text[:65536]
+    junk = sum(1 for ch in sample if ch == "\ufffd" or (ch < " " and ch not in "\r\n\t"))
+    if junk > BINARY_SHARE * len(sample):
+        raise SourceError("body is binary data, not text")
+    return text
+
+
+def _links_in_line(line: str) -> list[str]:
+    starts = [match.start() for match in _LINK_START.finditer(line)]
+    if not starts:
+        return []
+    ends = starts[1:] + [len(line)]
+    return [line[a:b].strip() for a, b in zip(starts, ends, strict=True)]
+
+
+def _collect(
+    report: ParseReport,
+    items: Iterable[Any],
+    parse: Callable[[Any], Proxy],
+    where: str,
+) -> None:
+    for index, item in enumerate(items, start=1):
+        report.found += 1
+        try:
+            report.proxies.append(parse(item))
+        except LinkError as exc:
+            report.rejections.append(Rejection(exc.reason, exc.detail, f"{where} {index}"))
+
+
+def _parse_plain(text: str, shape: str = "plain") -> ParseReport:
+    report = ParseReport(shape=shape)
+    links: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "//", ";")):
+            continue
+        found = _links_in_line(line)
+        if not found and _BASE64_LINE.match(line):
+            # Some lists carry lines that are each one base64-encoded link.
+            try:
+                decoded = b64decode_lenient(line).decode("utf-8").strip()
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            found = _links_in_line(decoded)
+        if not found:
+            match = _ANY_LINK.match(line)
+            links.append(line if match else "")
+            continue
+        links.extend(found)
+
+    def parse(link: str) -> Proxy:
+        if not link:
+            raise LinkError("not-a-link", "line is neither a share link nor a comment")
+        return parse_link(link)
+
+    _collect(report, links, parse, "line")
+    return report
+
+
+def _parse_clash(docs: list[Any]) -> ParseReport:
+    report = ParseReport(shape="clash")
+    entries: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and isinstance(doc.get("proxies"), list):
+            entries.extend(doc["proxies"])
+    _collect(report, entries, parse_clash_entry, "proxy")
+    return report
+
+
+def _parse_singbox(data: dict[str, Any]) -> ParseReport:
+    report = ParseReport(shape="singbox")
+    items = [
+        item
+        for key in ("outbounds", "endpoints")
+        for item in (data.get(key) or [])
+        if is_singbox_proxy(item)
+    ]
+    _collect(report, items, parse_singbox_outbound, "outbound")
+    return report
+
+
+def _parse_sip008(data: dict[str, Any]) -> ParseReport:
+    report = ParseReport(shape="sip008")
+
+    def parse(server: Any) -> Proxy:
+        if not isinstance(server, dict):
+            raise LinkError("bad-entry", "server is not an object")
+        entry = {
+            "type": "ss",
+            "name": server.get("remarks") or "",
+            "server": server.get("server"),
+            "port": server.get("server_port"),
+            "cipher": server.get("method"),
+            "password": server.get("password"),
+        }
+        return parse_clash_entry(entry)
+
+    _collect(report, data.get("servers") or [], parse, "server")
+    return report
+
+
+def _parse_json(data: Any) -> ParseReport | None:
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("outbounds"), list) or isinstance(data.get("endpoints"), list):
+        return _parse_singbox(data)
+    if isinstance(data.get("proxies"), list):
+        return _parse_clash([data])
+    if isinstance(data.get("servers"), list):
+        return _parse_sip008(data)
+    return None
+
+
+def _try_yaml(text: str) -> ParseReport | None:
+    try:
+        docs = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise SourceError(f"body looks like Clash YAML but does not load: {exc}") from None
+    if not any(isinstance(d, dict) and isinstance(d.get("proxies"), list) for d in docs):
+        return None
+    return _parse_clash(docs)
+
+
+def _parse_html(text: str) -> ParseReport:
+    # Telegram preview pages and similar carry links as escaped page text.
+    body = re.sub(r"<br\s*/?>", "\n", text, flags=re.I)
+    body = html.unescape(re.sub(r"<[^>]+>", "\n", body))
+    report = _parse_plain(body, shape="html")
+    if not report.found:
+        raise SourceError(
+            "body is an HTML page (an error or login page?), not a node list: "
+            "it holds no share links and is not base64, YAML or JSON"
+        )
+    return report
+
+
+def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> ParseReport:
+    """Parse a whole subscription body into proxies and counted rejections.
+
+    Args:
+        body: the raw body as downloaded.
+        fmt: a shape from `FORMATS`; `auto` detects it from the content.
+
+    Raises:
+        SourceError: the body is empty, binary, an HTML page without links,
+            or not readable in the requested or any known shape.
+    """
+    text = _to_text(body)
+    stripped = text.strip()
+    if not stripped:
+        raise SourceError("body is empty")
+    if fmt == "plain":
+        return _parse_plain(text)
+    if fmt == "clash":
+        report = _try_yaml(text)
+        if report is None:
+            raise SourceError("body has no Clash 'proxies:' list")
+        return report
+    if fmt == "singbox":
+        try:
+            report = _parse_json(json.loads(stripped))
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"body is not JSON: {exc}") from None
+        if report is None:
+            raise SourceError("body has no sing-box 'outbounds' list")
+        return report
+    if fmt == "base64":
+        return _parse_base64(stripped, _depth)
+
+    if _HTML.match(stripped):
+        return _parse_html(stripped)
+    if stripped[0] in "{[":
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            data = None
+        report = _parse_json(data) if data is not None else None
+        if report is not None:
+            return report
+    if _PROXIES_KEY.search(text) or (stripped[0] == "{" and "proxies" in stripped):
+        report = _try_yaml(text)
+        if report is not None:
+            return report
+    if _LINK_START.search(stripped) or _ANY_LINK_LINE.search(stripped):
+        return _parse_plain(text)
+    if _depth == 0:
+        return _parse_base64(stripped, _depth)
+    raise SourceError(
+        "body is not share links, base64, Clash YAML, sing-box JSON or SIP008 JSON"
+    )
+
+
+def _parse_base64(text: str, depth: int) -> ParseReport:
+    try:
+        decoded = b64decode_lenient(text)
+    except ValueError:
+        raise SourceError(
+            "body is not share links, base64, Clash YAML, sing-box JSON or SIP008 JSON"
+        ) from None
+    try:
+        report = parse_body(decoded, _depth=depth + 1)
+    except SourceError as exc:
+        raise SourceError(f"body is base64, but the decoded text: {exc}") from None
+    report.shape = "base64"
+    return report

