@@ -43,8 +43,7 @@ def _tls(tls: Tls | None, *, has_utls: bool) -> dict[str, Any] | None:
     data: dict[str, Any] = {"enabled": True}
     if tls.server_name:
         data["server_name"] = tls.server_name
-    if tls.insecure:
-        data["insecure"] = True
+    data["insecure"] = tls.insecure
     if tls.alpn:
         data["alpn"] = list(tls.alpn)
     if tls.is_reality and not has_utls:

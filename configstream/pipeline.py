@@ -215,7 +215,7 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
     mark = time.perf_counter()
     reporter.stage("parse", None)
     unique, per_source = _parse_sources(fetched, stats)
-    ok = sum(1 for row in per_source if row["status"] == "ok")
+    ok = sum(1 for result in fetched if result.is_ok)
     stats["fetch"] = {
         "sources": len(sources),
         "disabled": len(settings.sources) - len(sources),

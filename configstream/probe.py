@@ -99,6 +99,9 @@ async def _probe_one(port: int, settings: ProbeSettings, context: ssl.SSLContext
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return ProbeResult(Status.DEAD, reason=_reason(exc))
         latency = (time.perf_counter() - started) * 1000
+        if response.status_code == 502:
+            # The mixed inbound answers 502 when its outbound cannot connect.
+            return ProbeResult(Status.DEAD, reason="proxy failed to connect")
         if response.status_code >= 400:
             return ProbeResult(Status.DEAD, reason=f"test URL answered {response.status_code}")
         exit_ip = None

@@ -14,12 +14,25 @@ from configstream.errors import LinkError
 from configstream.models import Proxy, Tls, Transport
 from configstream.parse.links import (
     _check_host,
+    _default_sni,
     _check_port,
     _flag,
     _port_ranges,
     build_transport,
 )
 
+# The outbound fields each sing-box proxy type uses.
+_SINGBOX_FIELDS = {
+    "vmess": {"uuid", "method", "transport"},
+    "vless": {"uuid", "flow", "transport"},
+    "trojan": {"password", "transport"},
+    "shadowsocks": {"method", "password", "plugin"},
+    "hysteria2": {"password", "obfs"},
+    "hysteria": {"password", "obfs"},
+    "tuic": {"uuid", "password", "tuic"},
+    "socks": {"username", "password"},
+    "http": {"username", "password"},
+}
 # sing-box outbound types that route traffic rather than describe a server.
 _SINGBOX_NON_PROXY = {"selector", "urltest", "direct", "block", "dns"}
 
@@ -98,8 +111,9 @@ def _clash_tls(entry: Mapping[str, Any], default_on: bool) -> Tls | None:
     if not (_flag(entry.get("tls")) or default_on):
         return None
     reality = _mapping(entry.get("reality-opts"))
+    server = _text(entry.get("server")).lower()
     return Tls(
-        server_name=_text(entry.get("servername") or entry.get("sni")),
+        server_name=_text(entry.get("servername") or entry.get("sni")) or _default_sni(server),
         insecure=_flag(entry.get("skip-cert-verify")),
         alpn=_list(entry.get("alpn")),
         fingerprint=_text(entry.get("client-fingerprint")),
@@ -237,23 +251,34 @@ def _singbox_transport(data: Mapping[str, Any]) -> Transport | None:
         return None
     headers = _mapping(data.get("headers"))
     host = _text(headers.get("Host")) or _text(data.get("host"))
-    return Transport(
-        type=kind,
+    # Through build_transport, so an Xray-style '?ed=' left in a ws path by
+    # converters becomes early-data fields, as it would from a link.
+    transport = build_transport(
+        kind,
         path=_text(data.get("path")),
         host=host,
         service_name=_text(data.get("service_name")),
-        max_early_data=_int(data.get("max_early_data"), "max_early_data"),
-        early_data_header=_text(data.get("early_data_header_name")),
     )
+    early = _int(data.get("max_early_data"), "max_early_data")
+    if transport is not None and early:
+        header = _text(data.get("early_data_header_name")) or "Sec-WebSocket-Protocol"
+        transport = Transport(
+            type=transport.type,
+            path=transport.path,
+            host=transport.host,
+            max_early_data=early,
+            early_data_header=header,
+        )
+    return transport
 
 
-def _singbox_tls(data: Mapping[str, Any]) -> Tls | None:
+def _singbox_tls(data: Mapping[str, Any], server: str) -> Tls | None:
     if not data or not data.get("enabled"):
         return None
     reality = _mapping(data.get("reality"))
     utls = _mapping(data.get("utls"))
     return Tls(
-        server_name=_text(data.get("server_name")),
+        server_name=_text(data.get("server_name")) or _default_sni(server),
         insecure=bool(data.get("insecure")),
         alpn=_list(data.get("alpn")),
         fingerprint=_text(utls.get("fingerprint")) if utls.get("enabled") else "",
@@ -278,41 +303,45 @@ def parse_singbox_outbound(outbound: Any) -> Proxy:
     if not isinstance(outbound, Mapping):
         raise LinkError("bad-entry", "outbound is not an object")
     kind = _text(outbound.get("type")).lower()
-    if kind not in {
-        "vmess",
-        "vless",
-        "trojan",
-        "shadowsocks",
-        "hysteria2",
-        "hysteria",
-        "tuic",
-        "socks",
-        "http",
-    }:
+    if kind not in _SINGBOX_FIELDS:
         raise LinkError("unsupported-type", f"sing-box outbound type {kind[:20]!r} is not supported")
     obfs = _mapping(outbound.get("obfs"))
     obfs_password = _text(obfs.get("password")) if obfs else _text(outbound.get("obfs"))
     ports = tuple(_text(item) for item in outbound.get("server_ports") or [] if _text(item))
+    server = _check_host(_text(outbound.get("server")))
+    uses = _SINGBOX_FIELDS[kind]
+    tls = _singbox_tls(_mapping(outbound.get("tls")), server)
+    if kind in {"hysteria2", "hysteria", "tuic"}:
+        tls = tls or Tls(server_name=_default_sni(server))
+
+    def field(name: str, value: str) -> str:
+        # Converters leave stray keys (a uuid on a hysteria2 outbound, ...);
+        # only the fields the protocol uses are read.
+        return value if name in uses else ""
+
     return Proxy(
         protocol=kind,
-        server=_check_host(_text(outbound.get("server"))),
+        server=server,
         port=_check_port(_text(outbound.get("server_port"))),
         name=_text(outbound.get("tag")),
-        uuid=_text(outbound.get("uuid")),
-        password=_text(outbound.get("password") or outbound.get("auth_str")),
-        username=_text(outbound.get("username")),
-        method=_text(outbound.get("method") or outbound.get("security")),
-        alter_id=_int(outbound.get("alter_id"), "alter_id"),
-        flow=_text(outbound.get("flow")),
-        plugin=_text(outbound.get("plugin")),
-        plugin_opts=_text(outbound.get("plugin_opts")),
-        ports=ports,
+        uuid=field("uuid", _text(outbound.get("uuid"))),
+        password=field("password", _text(outbound.get("password") or outbound.get("auth_str"))),
+        username=field("username", _text(outbound.get("username"))),
+        method=field("method", _text(outbound.get("method") or outbound.get("security"))
+                     or ("auto" if kind == "vmess" else "")),
+        alter_id=_int(outbound.get("alter_id"), "alter_id") if kind == "vmess" else 0,
+        flow=field("flow", _text(outbound.get("flow"))),
+        plugin=field("plugin", _text(outbound.get("plugin"))),
+        plugin_opts=field("plugin", _text(outbound.get("plugin_opts"))),
+        ports=ports if kind == "hysteria2" else (),
         obfs=_text(obfs.get("type")) if kind == "hysteria2" else "",
-        obfs_password=obfs_password,
-        congestion_control=_text(outbound.get("congestion_control")),
-        udp_relay_mode=_text(outbound.get("udp_relay_mode")),
-        up_mbps=_int(outbound.get("up_mbps"), "up_mbps"),
-        down_mbps=_int(outbound.get("down_mbps"), "down_mbps"),
-        transport=_singbox_transport(_mapping(outbound.get("transport"))),
-        tls=_singbox_tls(_mapping(outbound.get("tls"))),
+        obfs_password=field("obfs", obfs_password),
+        congestion_control=field("tuic", _text(outbound.get("congestion_control"))),
+        udp_relay_mode=field("tuic", _text(outbound.get("udp_relay_mode"))),
+        up_mbps=_int(outbound.get("up_mbps"), "up_mbps") if "obfs" in uses else 0,
+        down_mbps=_int(outbound.get("down_mbps"), "down_mbps") if "obfs" in uses else 0,
+        transport=_singbox_transport(_mapping(outbound.get("transport")))
+        if "transport" in uses
+        else None,
+        tls=tls,
     )

@@ -200,8 +200,15 @@ def build_transport(
             early_data_header="Sec-WebSocket-Protocol" if early else "",
         )
     if kind == "grpc":
+        # 'gun' is the default gRPC mode; only a different one is worth keeping.
+        options = tuple(item for item in options if item != ("mode", "gun"))
         return Transport(type="grpc", service_name=service_name or path, options=options)
     return Transport(type=kind, path=path, host=host, options=options)
+
+
+def _default_sni(host: str) -> str:
+    """Clients send the server's name as SNI when a link names none."""
+    return "" if ":" in host or re.fullmatch(r"[\d.]+", host) else host
 
 
 def _tls_from_params(params: dict[str, str], default_sni: str = "") -> Tls:
@@ -247,12 +254,17 @@ def parse_vless(link: str) -> Proxy:
         raise LinkError("missing-credential", "vless link has no uuid")
     params = parts.params
     security = params.get("security", "none").lower()
-    tls = _tls_from_params(params) if security in {"tls", "reality", "xtls"} else None
+    host = _check_host(parts.host)
+    tls = (
+        _tls_from_params(params, _default_sni(host))
+        if security in {"tls", "reality", "xtls"}
+        else None
+    )
     if security == "reality" and tls is not None and not tls.reality_public_key:
         raise LinkError("missing-reality-key", "security=reality without pbk")
     return Proxy(
         protocol="vless",
-        server=_check_host(parts.host),
+        server=host,
         port=_check_port(parts.port_text),
         name=parts.name,
         uuid=uuid,
@@ -278,7 +290,7 @@ def parse_trojan(link: str) -> Proxy:
         params.setdefault("path", params.get("wspath", "/"))
     host = _check_host(parts.host)
     security = params.get("security", "tls").lower()
-    tls = None if security == "none" else _tls_from_params(params, default_sni="")
+    tls = None if security == "none" else _tls_from_params(params, _default_sni(host))
     return Proxy(
         protocol="trojan",
         server=host,
@@ -318,7 +330,7 @@ def _vmess_from_json(data: dict[str, object], name_hint: str) -> Proxy:
     tls = None
     if text("tls").lower() in {"tls", "reality", "xtls"}:
         tls = Tls(
-            server_name=text("sni"),
+            server_name=text("sni") or _default_sni(text("add").lower()),
             insecure=_flag(data.get("allowInsecure") or data.get("insecure")),
             alpn=_alpn(text("alpn")),
             fingerprint=text("fp"),
@@ -380,7 +392,11 @@ def parse_vmess(link: str) -> Proxy:
         method=params.get("encryption") or method or "auto",
         alter_id=int(params["alterId"]) if params.get("alterId", "").isdigit() else 0,
         transport=_transport_from_params(params),
-        tls=_tls_from_params(params) if security in {"tls", "reality"} else None,
+        tls=(
+            _tls_from_params(params, _default_sni(parts.host.strip().lower()))
+            if security in {"tls", "reality"}
+            else None
+        ),
     )
 
 
@@ -477,7 +493,7 @@ def parse_hysteria2(link: str) -> Proxy:
         obfs_password=params.get("obfs-password", ""),
         up_mbps=_mbps(params.get("upmbps") or params.get("up")),
         down_mbps=_mbps(params.get("downmbps") or params.get("down")),
-        tls=_tls_from_params(params),
+        tls=_tls_from_params(params, _default_sni(parts.host.strip().lower())),
     )
 
 
@@ -502,7 +518,7 @@ def parse_hysteria(link: str) -> Proxy:
         obfs_password=params.get("obfsParam", "") or params.get("obfs", ""),
         up_mbps=_mbps(params.get("upmbps")),
         down_mbps=_mbps(params.get("downmbps")),
-        tls=_tls_from_params(params),
+        tls=_tls_from_params(params, _default_sni(parts.host.strip().lower())),
     )
 
 
@@ -526,7 +542,7 @@ def parse_tuic(link: str) -> Proxy:
         password=password or params.get("password", ""),
         congestion_control=params.get("congestion_control", ""),
         udp_relay_mode=params.get("udp_relay_mode", ""),
-        tls=_tls_from_params(params),
+        tls=_tls_from_params(params, _default_sni(parts.host.strip().lower())),
     )
 
 

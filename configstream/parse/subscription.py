@@ -103,7 +103,11 @@ def _collect(
             report.rejections.append(Rejection(exc.reason, exc.detail, f"{where} {index}"))
 
 
-def _parse_plain(text: str, shape: str = "plain") -> ParseReport:
+def _parse_plain(text: str, shape: str = "plain", links_only: bool = False) -> ParseReport:
+    """Read a list of share links line by line.
+
+    With `links_only`, lines without a link are page text, not rejections.
+    """
     report = ParseReport(shape=shape)
     links: list[str] = []
     for line in text.splitlines():
@@ -118,6 +122,8 @@ def _parse_plain(text: str, shape: str = "plain") -> ParseReport:
             except (ValueError, UnicodeDecodeError):
                 decoded = ""
             found = _links_in_line(decoded)
+        if not found and links_only:
+            continue
         if not found:
             match = _ANY_LINK.match(line)
             links.append(line if match else "")
@@ -201,7 +207,7 @@ def _parse_html(text: str) -> ParseReport:
     # Telegram preview pages and similar carry links as escaped page text.
     body = re.sub(r"<br\s*/?>", "\n", text, flags=re.I)
     body = html.unescape(re.sub(r"<[^>]+>", "\n", body))
-    report = _parse_plain(body, shape="html")
+    report = _parse_plain(body, shape="html", links_only=True)
     if not report.found:
         raise SourceError(
             "body is an HTML page (an error or login page?), not a node list: "

@@ -15,6 +15,7 @@ _CLASH_NETWORKS = {"ws", "grpc", "http", "httpupgrade"}
 # Plain YAML scalars that every loader reads back as the same string. Anything
 # else (digits, hex ids such as 0983e134, yes/no, empty) is written quoted so
 # that a YAML 1.1 or 1.2 loader cannot turn it into a number or a boolean.
+# Single quotes, because PyYAML's double-quoted style escapes every emoji.
 _PLAIN_SAFE = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
 _RESERVED = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "nan", "inf"}
 
@@ -25,7 +26,7 @@ class _Dumper(yaml.SafeDumper):
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     plain = _PLAIN_SAFE.match(value) and value.lower() not in _RESERVED
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else '"')
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else "'")
 
 
 _Dumper.add_representer(str, _represent_str)

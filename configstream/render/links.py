@@ -115,6 +115,8 @@ def _vmess(proxy: Proxy, name: str) -> str:
             data["allowInsecure"] = "1"
         if tls.is_reality:
             data.update(pbk=tls.reality_public_key, sid=tls.reality_short_id)
+            if tls.reality_spider_x:
+                data["spx"] = tls.reality_spider_x
     return "vmess://" + _b64(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
@@ -126,16 +128,22 @@ def _ss_userinfo(proxy: Proxy) -> str:
     return _b64(f"{proxy.method}:{proxy.password}", urlsafe=True).rstrip("=")
 
 
-def _port_list(proxy: Proxy) -> str:
-    if not proxy.ports:
-        return str(proxy.port)
+def _port_list(proxy: Proxy) -> tuple[str, str]:
+    """The authority's port part and an `mport` value for hopping ranges.
+
+    A list that starts with the main port goes into the authority
+    (`443,20000-30000`); otherwise the ranges go into `mport` so the main
+    port survives a round trip.
+    """
     items = []
     for item in proxy.ports:
         low, _, high = item.partition(":")
         items.append(low if low == high else f"{low}-{high}")
-    if str(proxy.port) not in items:
-        items.insert(0, str(proxy.port))
-    return ",".join(items)
+    if not items:
+        return str(proxy.port), ""
+    if items[0] == str(proxy.port):
+        return ",".join(items), ""
+    return str(proxy.port), ",".join(items)
 
 
 def to_link(proxy: Proxy, name: str | None = None) -> str:
@@ -168,7 +176,14 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
         params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
         if proxy.obfs:
             params += [("obfs", proxy.obfs), ("obfs-password", proxy.obfs_password)]
-        ports = f"{_host(proxy)}:{_port_list(proxy)}"
+        if proxy.up_mbps:
+            params.append(("upmbps", str(proxy.up_mbps)))
+        if proxy.down_mbps:
+            params.append(("downmbps", str(proxy.down_mbps)))
+        port_text, mport = _port_list(proxy)
+        if mport:
+            params.append(("mport", mport))
+        ports = f"{_host(proxy)}:{port_text}"
         return f"hysteria2://{_q(proxy.password)}@{ports}/?{_query(params)}{fragment}"
     if kind == "tuic":
         params = [(k, v) for k, v in _tls_params(proxy.tls, "allow_insecure") if k != "security"]

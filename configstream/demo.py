@@ -1,0 +1,415 @@
+"""`configstream demo`: the whole pipeline on a small offline world.
+
+The world lives on 127.0.0.0/8 only: a sing-box process runs real proxy
+servers (vmess, vless, trojan, shadowsocks, shadowsocks 2022, hysteria2, tuic,
+socks), a local HTTP server publishes subscriptions of all four shapes plus an
+HTML error page and a 404, and a test/trace endpoint answers `generate_204`
+and a Cloudflare-style trace. Each server leaves through its own loopback
+address (127.0.0.2, 127.0.0.3, ...), so the trace reports a distinct exit IP
+per server, and a small GeoIP database maps those addresses to countries.
+
+The world also holds configs that must not come out alive: wrong
+credentials, a closed port, a listener that accepts and never answers, a
+REALITY and an SSR config the bundled core cannot run, and a server outside
+the allowed networks that is never contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configstream.config import load_sources, parse_networks
+from configstream.models import Proxy, Tls, Transport
+from configstream.render.clash import to_clash
+from configstream.render.links import to_link
+from configstream.outbound import to_outbound
+from configstream.singbox import Core, locate_core, reserve_ports, run_core
+
+LOOPBACK = "127.0.0.1"
+DEMO_SNI = "demo.configstream.test"
+# A documentation address (RFC 5737): outside the allowed loopback networks,
+# so the pipeline must skip it without sending a packet.
+OUTSIDE_SERVER = "203.0.113.9"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveServer:
+    """A server of the world that must be reported alive."""
+
+    protocol: str
+    port: int
+    exit_ip: str
+    country: str
+
+
+@dataclass(slots=True)
+class World:
+    """A running demo world and what the pipeline should find in it."""
+
+    sources_file: Path
+    test_url: str
+    trace_url: str
+    geoip: Path
+    live: list[LiveServer] = field(default_factory=list)
+    dead: int = 0
+    untestable: int = 0
+    skipped: int = 0
+    secrets: list[str] = field(default_factory=list)
+
+
+def _udp_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((LOOPBACK, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class _TraceHandler(BaseHTTPRequestHandler):
+    """`/generate_204` and a Cloudflare-format `/cdn-cgi/trace`."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        if self.path.startswith("/generate_204"):
+            self.send_response(204)
+            self.end_headers()
+            return
+        if self.path.startswith("/cdn-cgi/trace"):
+            body = f"fl=demo\nh={self.headers.get('Host', '')}\nip={self.client_address[0]}\n"
+            body += "visit_scheme=http\nloc=XX\n"
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            status, body = files.get(self.path, (404, b"not found\n"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def _black_hole() -> Iterator[int]:
+    """A TCP listener that accepts connections and never answers."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for sock in held:
+            sock.close()
+        listener.close()
+
+
+def _write_geoip(path: Path, countries: dict[str, str]) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country")
+    for address, code in countries.items():
+        writer.insert_network(IPSet([f"{address}/32"]), {"country": {"iso_code": code}})
+    writer.to_db_file(str(path))
+
+
+def _keypair(core: Core, folder: Path) -> tuple[Path, Path]:
+    done = subprocess.run(
+        [str(core.path), "generate", "tls-keypair", DEMO_SNI],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    key, _, cert = done.stdout.partition("-----END PRIVATE KEY-----")
+    key_path, cert_path = folder / "demo.key", folder / "demo.crt"
+    key_path.write_text(key + "-----END PRIVATE KEY-----\n")
+    cert_path.write_text(cert.strip() + "\n")
+    return key_path, cert_path
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The servers, configs and sources of a world before it starts."""
+
+    inbounds: list[dict[str, Any]] = field(default_factory=list)
+    outbounds: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    good: list[tuple[Proxy, LiveServer]] = field(default_factory=list)
+    bad: list[Proxy] = field(default_factory=list)
+
+
+def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan, World]:
+    key_path, cert_path = tls_files
+    tcp = reserve_ports(7)
+    udp = _udp_ports(2)
+    tls_in = {"enabled": True, "certificate_path": str(cert_path), "key_path": str(key_path)}
+    quic_tls = dict(tls_in, alpn=["h3"])
+    client_tls = Tls(server_name=DEMO_SNI, insecure=True)
+    quic_client_tls = Tls(server_name=DEMO_SNI, insecure=True, alpn=("h3",))
+    ids = {name: str(uuid.uuid4()) for name in ("vmess", "vless", "tuic")}
+    words = {name: secrets.token_urlsafe(12) for name in ("trojan", "ss", "hy2", "tuic", "socks")}
+    ss2022_key = base64.b64encode(secrets.token_bytes(16)).decode()
+    ws = Transport(type="ws", path="/demo-ws", host=DEMO_SNI)
+
+    servers: list[tuple[str, int, dict[str, Any], Proxy, str]] = [
+        ("vmess", tcp[0],
+         {"type": "vmess", "users": [{"uuid": ids["vmess"], "alterId": 0}],
+          "transport": {"type": "ws", "path": "/demo-ws"}},
+         Proxy("vmess", LOOPBACK, tcp[0], uuid=ids["vmess"], method="auto", transport=ws), "DE"),
+        ("vless", tcp[1], {"type": "vless", "users": [{"uuid": ids["vless"]}]},
+         Proxy("vless", LOOPBACK, tcp[1], uuid=ids["vless"]), "JP"),
+        ("trojan", tcp[2],
+         {"type": "trojan", "users": [{"password": words["trojan"]}], "tls": tls_in},
+         Proxy("trojan", LOOPBACK, tcp[2], password=words["trojan"], tls=client_tls), "US"),
+        ("shadowsocks", tcp[3],
+         {"type": "shadowsocks", "method": "aes-128-gcm", "password": words["ss"]},
+         Proxy("shadowsocks", LOOPBACK, tcp[3], method="aes-128-gcm", password=words["ss"]),
+         "NL"),
+        ("shadowsocks", tcp[4],
+         {"type": "shadowsocks", "method": "2022-blake3-aes-128-gcm", "password": ss2022_key},
+         Proxy("shadowsocks", LOOPBACK, tcp[4], method="2022-blake3-aes-128-gcm",
+               password=ss2022_key), "FR"),
+        ("socks", tcp[5],
+         {"type": "socks", "users": [{"username": "demo", "password": words["socks"]}]},
+         Proxy("socks", LOOPBACK, tcp[5], username="demo", password=words["socks"]), "GB"),
+        ("hysteria2", udp[0],
+         {"type": "hysteria2", "users": [{"password": words["hy2"]}], "tls": quic_tls},
+         Proxy("hysteria2", LOOPBACK, udp[0], password=words["hy2"], tls=quic_client_tls), "SG"),
+        ("tuic", udp[1],
+         {"type": "tuic", "users": [{"uuid": ids["tuic"], "password": words["tuic"]}],
+          "congestion_control": "bbr", "tls": quic_tls},
+         Proxy("tuic", LOOPBACK, udp[1], uuid=ids["tuic"], password=words["tuic"],
+               congestion_control="bbr", tls=quic_client_tls), "CA"),
+    ]
+    plan = _Plan()
+    countries: dict[str, str] = {}
+    for index, (kind, port, inbound, proxy, country) in enumerate(servers):
+        exit_ip = f"127.0.0.{index + 2}"
+        countries[exit_ip] = country
+        tag = f"in-{index}"
+        plan.inbounds.append(dict(inbound, tag=tag, listen=LOOPBACK, listen_port=port))
+        plan.outbounds.append(
+            {"type": "direct", "tag": f"out-{index}", "inet4_bind_address": exit_ip}
+        )
+        plan.rules.append({"inbound": [tag], "outbound": f"out-{index}"})
+        plan.good.append((proxy, LiveServer(kind, port, exit_ip, country)))
+
+    closed = tcp[6]  # reserved and released: nothing listens there
+    plan.bad = [
+        Proxy("vless", LOOPBACK, tcp[1], uuid=str(uuid.uuid4())),
+        Proxy("trojan", LOOPBACK, tcp[2], password="wrong-" + words["trojan"], tls=client_tls),
+        Proxy("hysteria2", LOOPBACK, udp[0], password="wrong-" + words["hy2"],
+              tls=quic_client_tls),
+        Proxy("shadowsocks", LOOPBACK, closed, method="aes-256-gcm", password="closed-port"),
+        Proxy("vmess", LOOPBACK, black_hole, uuid=str(uuid.uuid4()), method="auto"),
+    ]
+    world = World(
+        sources_file=Path(), test_url="", trace_url="", geoip=Path(),
+        dead=len(plan.bad), untestable=3, skipped=1,
+        secrets=[*ids.values(), *words.values(), ss2022_key],
+    )
+    world.live = [live for _, live in plan.good]
+    return plan, world
+
+
+def _untestable_and_outside() -> list[str]:
+    reality = Proxy(
+        "vless", LOOPBACK, 9, uuid=str(uuid.uuid4()), flow="xtls-rprx-vision",
+        tls=Tls(server_name="www.example.com", fingerprint="chrome",
+                reality_public_key=base64.urlsafe_b64encode(secrets.token_bytes(32))
+                .decode().rstrip("="), reality_short_id="6ba85179e30d4fc2"),
+    )
+    xhttp = Proxy("vless", LOOPBACK, 9, uuid=str(uuid.uuid4()),
+                  transport=Transport(type="xhttp", path="/x"))
+    ssr = Proxy("ssr", LOOPBACK, 9, method="aes-256-cfb", password="ssr-demo", obfs="plain",
+                options=(("protocol", "origin"),))
+    outside = Proxy("trojan", OUTSIDE_SERVER, 443, password="outside", tls=Tls())
+    return [to_link(reality, "reality"), to_link(xhttp, "xhttp"), to_link(ssr, "ssr"),
+            to_link(outside, "outside")]
+
+
+def _subscription_files(plan: _Plan) -> dict[str, tuple[int, bytes]]:
+    good = [proxy for proxy, _ in plan.good]
+    bad = plan.bad
+    plain_links = [to_link(p, f"demo {p.protocol} {i}") for i, p in enumerate(good[:3] + bad[:2])]
+    plain = "#profile-title: ConfigStream demo\n# comment line\n\n"
+    plain += "\n".join(plain_links + _untestable_and_outside()) + "\nthis line is junk\n"
+    b64_links = [to_link(p, f"b64 {p.protocol}") for p in good[2:5] + bad[2:3]]
+    clash = {"proxies": [to_clash(p, f"clash {i}") for i, p in enumerate(good[5:7] + bad[3:4])]}
+    singbox = {
+        "outbounds": [
+            {"type": "selector", "tag": "select", "outbounds": ["sb-0"]},
+            *[to_outbound(p, f"sb-{i}") for i, p in enumerate([good[7], good[0], bad[4]])],
+            {"type": "direct", "tag": "direct"},
+        ]
+    }
+    html = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>403</body></html>"
+    return {
+        "/plain.txt": (200, plain.encode()),
+        "/base64.txt": (200, base64.b64encode("\r\n".join(b64_links).encode())),
+        "/clash.yaml": (200, yaml.safe_dump(clash, allow_unicode=True).encode()),
+        "/singbox.json": (200, json.dumps(singbox).encode()),
+        "/challenge.html": (200, html),
+    }
+
+
+@contextlib.contextmanager
+def start_world(core: Core | None = None) -> Iterator[World]:
+    """Start the demo world on loopback; everything stops when the block exits."""
+    core = core or locate_core()
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="configstream-demo-")))
+        black_hole = stack.enter_context(_black_hole())
+        plan, world = _plan_servers(_keypair(core, folder), black_hole)
+        trace_port = stack.enter_context(_serve(_TraceHandler))
+        source_port = stack.enter_context(_serve(_file_handler(_subscription_files(plan))))
+        server_config = {
+            "log": {"level": "error"},
+            "inbounds": plan.inbounds,
+            "outbounds": plan.outbounds,
+            "route": {"rules": plan.rules},
+        }
+        runner = _CoreThread(core, server_config, [i["listen_port"] for i in plan.inbounds
+                                                   if i["type"] not in {"hysteria2", "tuic"}])
+        stack.enter_context(runner)
+
+        base = f"http://{LOOPBACK}:{source_port}"
+        sources = {"sources": [
+            {"name": "demo-plain", "url": f"{base}/plain.txt"},
+            {"name": "demo-base64", "url": f"{base}/base64.txt", "format": "auto"},
+            {"name": "demo-clash", "url": f"{base}/clash.yaml"},
+            {"name": "demo-singbox", "url": f"{base}/singbox.json"},
+            {"name": "demo-challenge-page", "url": f"{base}/challenge.html"},
+            {"name": "demo-missing", "url": f"{base}/gone.txt"},
+        ]}
+        world.sources_file = folder / "sources.yml"
+        world.sources_file.write_text(yaml.safe_dump(sources))
+        world.test_url = f"http://{LOOPBACK}:{trace_port}/generate_204"
+        world.trace_url = f"http://{LOOPBACK}:{trace_port}/cdn-cgi/trace"
+        world.geoip = folder / "demo-country.mmdb"
+        _write_geoip(world.geoip, {live.exit_ip: live.country for live in world.live})
+        yield world
+
+
+class _CoreThread:
+    """Runs the world's sing-box server process on its own event loop thread."""
+
+    def __init__(self, core: Core, config: dict[str, Any], ready_ports: list[int]) -> None:
+        self.core, self.config, self.ready_ports = core, config, ready_ports
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.stop_event: asyncio.Event | None = None
+        self.done: Any = None
+
+    async def _main(self, started: Any) -> None:
+        self.stop_event = asyncio.Event()
+        try:
+            async with run_core(self.core, self.config, self.ready_ports):
+                started.set_result(None)
+                await self.stop_event.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    def __enter__(self) -> _CoreThread:
+        import concurrent.futures
+
+        self.thread.start()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.done = asyncio.run_coroutine_threadsafe(self._main(started), self.loop)
+        started.result(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stop_event is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        with contextlib.suppress(Exception):
+            self.done.result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def run_demo(
+    args: argparse.Namespace,
+    make_settings: Callable[..., Any],
+    run: Callable[[Any], Any],
+    print_summary: Callable[[dict[str, Any], Path], None],
+) -> int:
+    """Start the world, run the pipeline on it, print what it found."""
+    with start_world(locate_core(args.singbox)) as world:
+        settings = make_settings(
+            args,
+            sources=load_sources(world.sources_file),
+            test_url=world.test_url,
+            trace_url=world.trace_url,
+            geoip=args.geoip or world.geoip,
+            allow_networks=parse_networks([*args.allow_network, "127.0.0.0/8", "::1/128"]),
+            title="ConfigStream demo",
+        )
+        stats = asyncio.run(run(settings))
+    print_summary(stats, settings.output)
+    alive = stats["test"]["alive"]
+    expected = len(world.live) if not settings.no_test else 0
+    print(f"demo world: {expected} live servers, {alive} reported alive")
+    return 0
