@@ -113,7 +113,9 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
     elif kind == "vless":
         out["uuid"] = proxy.uuid
         if proxy.flow:
-            out["flow"] = proxy.flow
+            # sing-box knows one Vision flow; '-udp443' only changes whether
+            # QUIC to port 443 is proxied.
+            out["flow"] = "xtls-rprx-vision"
     elif kind == "trojan":
         out["password"] = proxy.password
     elif kind == "shadowsocks":

@@ -12,6 +12,7 @@ from typing import Any
 
 from configstream.errors import LinkError
 from configstream.models import Proxy, Tls, Transport
+from configstream.parse.validate import validate
 from configstream.parse.links import (
     _check_host,
     _default_sni,
@@ -147,12 +148,16 @@ def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def parse_clash_entry(entry: Any) -> Proxy:
-    """Read one item of a Clash/mihomo `proxies:` list.
+    """Read one item of a Clash/mihomo `proxies:` list, checked and normalised.
 
     Raises:
         LinkError: the entry is not a mapping, has an unknown `type`, or a
             field is unusable.
     """
+    return validate(_clash_entry(entry))
+
+
+def _clash_entry(entry: Any) -> Proxy:
     if not isinstance(entry, Mapping):
         raise LinkError("bad-entry", "proxy entry is not a mapping")
     kind = _text(entry.get("type")).lower()
@@ -202,7 +207,8 @@ def parse_clash_entry(entry: Any) -> Proxy:
         ports = _port_ranges(_text(entry.get("ports"))) if entry.get("ports") else ()
         return Proxy(
             protocol="hysteria2",
-            password=_text(entry.get("password") or entry.get("auth")),
+            # Some converters put the auth string under `uuid`.
+            password=_text(entry.get("password") or entry.get("auth") or entry.get("uuid")),
             ports=ports,
             obfs=_text(entry.get("obfs")),
             obfs_password=_text(entry.get("obfs-password")),
@@ -295,11 +301,16 @@ def is_singbox_proxy(outbound: Any) -> bool:
 
 
 def parse_singbox_outbound(outbound: Any) -> Proxy:
-    """Read one sing-box outbound (or WireGuard endpoint) into a `Proxy`.
+    """Read one sing-box outbound into a `Proxy`, checked and normalised.
 
     Raises:
-        LinkError: the item is not a mapping or its type is unsupported.
+        LinkError: the item is not a mapping, its type is unsupported, or a
+            field is unusable.
     """
+    return validate(_singbox_outbound(outbound))
+
+
+def _singbox_outbound(outbound: Any) -> Proxy:
     if not isinstance(outbound, Mapping):
         raise LinkError("bad-entry", "outbound is not an object")
     kind = _text(outbound.get("type")).lower()
@@ -325,7 +336,11 @@ def parse_singbox_outbound(outbound: Any) -> Proxy:
         port=_check_port(_text(outbound.get("server_port"))),
         name=_text(outbound.get("tag")),
         uuid=field("uuid", _text(outbound.get("uuid"))),
-        password=field("password", _text(outbound.get("password") or outbound.get("auth_str"))),
+        password=field(
+            "password",
+            _text(outbound.get("password") or outbound.get("auth_str"))
+            or (_text(outbound.get("uuid")) if kind == "hysteria2" else ""),
+        ),
         username=field("username", _text(outbound.get("username"))),
         method=field("method", _text(outbound.get("method") or outbound.get("security"))
                      or ("auto" if kind == "vmess" else "")),

@@ -18,13 +18,12 @@ from urllib.parse import unquote
 
 from configstream.errors import LinkError
 from configstream.models import Proxy, Tls, Transport
+from configstream.parse.validate import check_host, validate
 
 # Links longer than this are junk glued together; refusing them early keeps a
 # hostile source from making the parser do quadratic work on one line.
 MAX_LINK_LENGTH = 16_384
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
-_IPV6 = re.compile(r"^[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?$")
 
 
 @dataclass(slots=True)
@@ -119,16 +118,7 @@ def split_link(link: str) -> _Parts:
 
 
 def _check_host(host: str) -> str:
-    host = host.strip().lower()
-    if not host:
-        raise LinkError("missing-server", "no server address")
-    if ":" in host:
-        if not _IPV6.match(host):
-            raise LinkError("bad-server", "server is not a valid IPv6 address")
-        return host
-    if not _HOSTNAME.match(host):
-        raise LinkError("bad-server", "server is not a valid hostname or address")
-    return host
+    return check_host(host)
 
 
 def _check_port(text: str | int | None) -> int:
@@ -648,4 +638,4 @@ def parse_link(link: str) -> Proxy:
     # vmess, ss and ssr bodies are case-sensitive base64; only the scheme is
     # normalised.
     link = scheme + link[len(scheme) :]
-    return parser(link)
+    return validate(parser(link))

@@ -136,7 +136,7 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
     elif kind == "vless":
         entry.update(type="vless", uuid=proxy.uuid, udp=True)
         if proxy.flow:
-            entry["flow"] = proxy.flow
+            entry["flow"] = "xtls-rprx-vision"
         _tls_fields(proxy, entry)
         _transport_fields(proxy, entry)
     elif kind == "trojan":

@@ -1,0 +1,106 @@
+"""The last step of every reader: check and normalise a parsed `Proxy`.
+
+Links, Clash entries and sing-box outbounds all end here, so a config means
+the same whichever shape it came in, and values that no client accepts are
+rejected with a reason instead of poisoning a published file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import uuid
+
+from configstream.errors import LinkError
+from configstream.models import Proxy
+
+# Ciphers Shadowsocks clients (sing-box, mihomo, Xray) implement.
+SS_METHODS = frozenset(
+    """none plain aes-128-gcm aes-192-gcm aes-256-gcm chacha20-ietf-poly1305
+    xchacha20-ietf-poly1305 2022-blake3-aes-128-gcm 2022-blake3-aes-256-gcm
+    2022-blake3-chacha20-poly1305 aes-128-ctr aes-192-ctr aes-256-ctr aes-128-cfb
+    aes-192-cfb aes-256-cfb rc4-md5 chacha20-ietf xchacha20 chacha20""".split()
+)
+VMESS_SECURITY = frozenset({"auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305",
+                            "aes-128-cfb"})
+FINGERPRINTS = frozenset(
+    {"chrome", "firefox", "safari", "ios", "android", "edge", "360", "qq", "random",
+     "randomized", "chrome_psk", "chrome_psk_shuffle", "chrome_padding_psk_shuffle",
+     "chrome_pq", "chrome_pq_psk", "firefox120", "chrome120", "safari16"}
+)
+VLESS_FLOWS = frozenset({"", "xtls-rprx-vision", "xtls-rprx-vision-udp443"})
+# Xray maps a non-UUID id of 1 to 30 bytes to a UUID (SHA-1 in the nil
+# namespace, as uuid5 does); longer text is not an id.
+MAX_ID_TEXT_BYTES = 30
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_UUID_PROTOCOLS = {"vmess", "vless", "tuic"}
+
+
+def normalize_uuid(text: str) -> str:
+    """A canonical lower-case UUID; short text maps as Xray maps it.
+
+    Raises:
+        LinkError: the text is neither a UUID nor a short id string.
+    """
+    text = text.strip()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        pass
+    if 0 < len(text.encode("utf-8")) <= MAX_ID_TEXT_BYTES:
+        return str(uuid.uuid5(uuid.UUID(int=0), text))
+    raise LinkError("bad-uuid", "user id is not a UUID")
+
+
+def check_host(host: str) -> str:
+    """A lower-case IP address or DNS name; trailing dots are dropped.
+
+    Raises:
+        LinkError: the server is not an address or a multi-label name.
+    """
+    host = host.strip().lower().rstrip(".")
+    if not host:
+        raise LinkError("missing-server", "no server address")
+    try:
+        return str(ipaddress.ip_address(host.split("%")[0])) + (
+            "%" + host.split("%", 1)[1] if "%" in host else ""
+        )
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
+        raise LinkError("bad-server", "server is not a valid IP address or DNS name")
+    if labels[-1].isdigit():
+        raise LinkError("bad-server", "server looks like a broken IP address")
+    return host
+
+
+def validate(proxy: Proxy) -> Proxy:
+    """Check a parsed proxy and return its normal form.
+
+    Raises:
+        LinkError: a field has a value no client accepts.
+    """
+    changes: dict[str, object] = {"server": check_host(proxy.server)}
+    if proxy.protocol in _UUID_PROTOCOLS:
+        if not proxy.uuid:
+            raise LinkError("missing-credential", f"{proxy.protocol} config has no user id")
+        changes["uuid"] = normalize_uuid(proxy.uuid)
+    if proxy.protocol == "shadowsocks":
+        if proxy.method not in SS_METHODS:
+            raise LinkError("bad-cipher", f"shadowsocks cipher {proxy.method[:30]!r} is unknown")
+    if proxy.protocol == "vmess":
+        method = proxy.method.lower()
+        # Converters write a missing value as 'null' or leave it empty.
+        changes["method"] = method if method in VMESS_SECURITY else "auto"
+    if proxy.protocol in {"trojan", "hysteria2"} and not proxy.password:
+        raise LinkError("missing-credential", f"{proxy.protocol} config has no password")
+    if proxy.protocol == "vless" and proxy.flow not in VLESS_FLOWS:
+        raise LinkError("bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown")
+    if proxy.tls is not None and proxy.tls.fingerprint:
+        fingerprint = proxy.tls.fingerprint.lower()
+        changes["tls"] = dataclasses.replace(
+            proxy.tls, fingerprint=fingerprint if fingerprint in FINGERPRINTS else ""
+        )
+    return dataclasses.replace(proxy, **changes)  # type: ignore[arg-type]

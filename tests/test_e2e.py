@@ -1,0 +1,126 @@
+"""The demo world through `configstream run` and `configstream demo`, for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from configstream.demo import World, start_world
+from configstream.models import Status
+from configstream.parse import parse_body
+from tests.conftest import CORPUS, corpus_files
+
+
+def _configstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "configstream.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    with start_world() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def run_output(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    done = _configstream(
+        "run", "--sources", str(world.sources_file), "--output", str(folder / "out"),
+        "--cache", str(folder / "cache"), "--test-url", world.test_url,
+        "--trace-url", world.trace_url, "--geoip", str(world.geoip), "--timeout", "3",
+        "--verbose", cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder / "log.txt").write_text(done.stdout + done.stderr)
+    return folder
+
+
+def test_exactly_the_live_servers_are_alive(world: World, run_output: Path) -> None:
+    """Alive = the world's live servers, each with its own exit IP and country."""
+    proxies = json.loads((run_output / "out" / "proxies.json").read_text())
+    found = sorted((p["protocol"], p["port"], p["exit_ip"], p["country"]) for p in proxies)
+    expected = sorted((s.protocol, s.port, s.exit_ip, s.country) for s in world.live)
+    assert found == expected
+    assert all(p["status"] == "alive" and p["latency_ms"] > 0 for p in proxies)
+
+
+def test_stats_count_every_outcome(world: World, run_output: Path) -> None:
+    """Dead, untestable, skipped and failed sources are counted, not hidden."""
+    stats = json.loads((run_output / "out" / "stats.json").read_text())
+    assert stats["test"]["alive"] == len(world.live)
+    assert stats["test"]["dead"] == world.dead
+    assert stats["test"]["untestable"] == world.untestable
+    assert stats["test"]["skipped"] == world.skipped
+    assert stats["fetch"] == {"sources": 6, "disabled": 0, "ok": 5, "failed": 1}
+    assert stats["parse"]["unreadable_sources"] == 1
+    assert "REALITY needs uTLS, which this sing-box build lacks" in stats["test"][
+        "untestable_by_reason"
+    ]
+    assert stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+
+
+def test_subscriptions_hold_the_alive_proxies(world: World, run_output: Path) -> None:
+    """The plain and base64 subscriptions and clash.yaml carry every alive proxy."""
+    out = run_output / "out"
+    plain = parse_body((out / "sub.txt").read_bytes())
+    encoded = parse_body((out / "sub_base64.txt").read_bytes())
+    clash = parse_body((out / "clash.yaml").read_bytes())
+    singbox = parse_body((out / "singbox.json").read_bytes())
+    assert encoded.shape == "base64" and clash.shape == "clash" and singbox.shape == "singbox"
+    for report in (plain, encoded, clash, singbox):
+        assert set(report.proxies) == set(plain.proxies)
+        assert len(report.proxies) == len(world.live)
+
+
+def test_debug_log_leaks_no_secret(world: World, run_output: Path) -> None:
+    """Even with --verbose the log names no password, uuid or key of the world."""
+    log = (run_output / "log.txt").read_text()
+    assert "alive" in log
+    for secret in world.secrets:
+        assert secret not in log
+
+
+def test_cache_records_the_run(run_output: Path) -> None:
+    """The SQLite cache holds the results and one run."""
+    from configstream.cache import Cache
+
+    with Cache.open(run_output / "cache") as cache:
+        runs = cache.runs()
+    assert len(runs) == 1 and runs[0]["test"]["alive"] > 0
+
+
+def test_demo_command_reports_all_live_servers(tmp_path: Path) -> None:
+    """`configstream demo` finds every live server and writes every output."""
+    done = _configstream("demo", "--output", "out", "--cache", "cache", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 live servers, 8 reported alive" in done.stdout
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"proxies.json", "stats.json", "sub.txt", "sub_base64.txt", "clash.yaml",
+            "singbox.json", "index.html", "manifest.json"} <= names
+
+
+def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
+    """--no-test over the whole corpus: every candidate is parsed or rejected."""
+    sources = [{"name": f"corpus-{i}", "url": str(path)} for i, path in enumerate(corpus_files())]
+    (tmp_path / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
+    done = _configstream("run", "--no-test", "--output", "out", "--cache", "cache", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    counts = json.loads((Path(__file__).parent / "data" / "corpus_counts.json").read_text())
+    assert stats["parse"]["found"] == sum(v["found"] for v in counts.values())
+    assert stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    assert stats["test"]["untested"] == stats["dedupe"]["unique"] > 20_000
+    assert stats["fetch"]["failed"] == 0
+    proxies = json.loads((tmp_path / "out" / "proxies.json").read_text())
+    assert len(proxies) == stats["dedupe"]["unique"]
+    assert all(p["status"] == Status.UNTESTED for p in proxies[:100])
+    assert CORPUS.exists()
