@@ -50,6 +50,20 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _host_header(headers: Mapping[str, Any]) -> str:
+    """The Host header, whatever its case; a list of hosts joined by commas."""
+    for key, value in headers.items():
+        if str(key).lower() == "host":
+            return _joined(value)
+    return ""
+
+
+def _joined(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item).strip() for item in value if str(item).strip())
+    return _text(value)
+
+
 def _list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(str(item).strip() for item in value if str(item).strip())
@@ -74,7 +88,7 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
         opts = _mapping(entry.get("ws-opts"))
         headers = _mapping(opts.get("headers")) or _mapping(entry.get("ws-headers"))
         path = _text(opts.get("path")) or _text(entry.get("ws-path")) or "/"
-        transport = build_transport("ws", path=path, host=_text(headers.get("Host")))
+        transport = build_transport("ws", path=path, host=_host_header(headers))
         early = _int(opts.get("max-early-data"), "max-early-data")
         if transport is not None and early:
             header = _text(opts.get("early-data-header-name")) or "Sec-WebSocket-Protocol"
@@ -92,7 +106,7 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
     if network in {"h2", "http"}:
         opts = _mapping(entry.get("h2-opts") if network == "h2" else entry.get("http-opts"))
         headers = _mapping(opts.get("headers"))
-        host = _text(opts.get("host")) or _text(headers.get("Host"))
+        host = _joined(opts.get("host")) or _host_header(headers)
         if network == "http":
             # Clash's `network: http` is V2Ray's TCP HTTP header disguise.
             return build_transport(
@@ -103,7 +117,7 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
         opts = _mapping(entry.get("http-upgrade-opts") or entry.get("ws-opts"))
         headers = _mapping(opts.get("headers"))
         return build_transport(
-            "httpupgrade", path=_text(opts.get("path")), host=_text(headers.get("Host"))
+            "httpupgrade", path=_text(opts.get("path")), host=_host_header(headers)
         )
     return build_transport(network)
 
@@ -217,6 +231,16 @@ def _clash_entry(entry: Any) -> Proxy:
             tls=_clash_tls(entry, True),
             **base,
         )
+    if kind == "hysteria":
+        return Proxy(
+            protocol="hysteria",
+            password=_text(entry.get("auth-str") or entry.get("auth")),
+            obfs_password=_text(entry.get("obfs")),
+            up_mbps=_int(str(entry.get("up") or "").split(" ")[0], "up"),
+            down_mbps=_int(str(entry.get("down") or "").split(" ")[0], "down"),
+            tls=_clash_tls(entry, True),
+            **base,
+        )
     if kind == "tuic":
         return Proxy(
             protocol="tuic",
@@ -255,8 +279,7 @@ def _singbox_transport(data: Mapping[str, Any]) -> Transport | None:
     kind = _text(data.get("type"))
     if not kind:
         return None
-    headers = _mapping(data.get("headers"))
-    host = _text(headers.get("Host")) or _text(data.get("host"))
+    host = _host_header(_mapping(data.get("headers"))) or _joined(data.get("host"))
     # Through build_transport, so an Xray-style '?ed=' left in a ws path by
     # converters becomes early-data fields, as it would from a link.
     transport = build_transport(

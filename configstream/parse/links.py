@@ -172,7 +172,8 @@ def build_transport(
     models as the `http` transport.
     """
     kind = (kind or "tcp").strip().lower()
-    if kind in {"tcp", "raw", "none", ""}:
+    # trojan-go calls plain TCP 'original'.
+    if kind in {"tcp", "raw", "none", "original", ""}:
         if header_type.lower() != "http":
             return None
         return Transport(type="http", path=path, host=host, options=(("tcp-http", "1"),))
@@ -320,7 +321,10 @@ def _vmess_from_json(data: dict[str, object], name_hint: str) -> Proxy:
     tls = None
     if text("tls").lower() in {"tls", "reality", "xtls"}:
         tls = Tls(
-            server_name=text("sni") or _default_sni(text("add").lower()),
+            # v2rayN uses the first Host as SNI when the link names none
+            # (see parse.validate), else the server's name.
+            server_name=text("sni")
+            or ("" if transport and transport.host else _default_sni(text("add").lower())),
             insecure=_flag(data.get("allowInsecure") or data.get("insecure")),
             alpn=_alpn(text("alpn")),
             fingerprint=text("fp"),
@@ -339,6 +343,21 @@ def _vmess_from_json(data: dict[str, object], name_hint: str) -> Proxy:
         transport=transport,
         tls=tls,
     )
+
+
+def _shadowrocket_params(params: dict[str, str]) -> dict[str, str]:
+    """Map Shadowrocket's vmess query names onto the share-link standard."""
+    mapped = dict(params)
+    if params.get("obfs") in {"websocket", "ws"}:
+        mapped.setdefault("type", "ws")
+        mapped.setdefault("host", params.get("obfsParam", ""))
+    elif params.get("obfs") in {"grpc", "h2", "http"}:
+        mapped.setdefault("type", params["obfs"])
+    if _flag(params.get("tls")):
+        mapped.setdefault("security", "tls")
+    if "peer" in params:
+        mapped.setdefault("sni", params["peer"])
+    return mapped
 
 
 def parse_vmess(link: str) -> Proxy:
@@ -365,13 +384,18 @@ def parse_vmess(link: str) -> Proxy:
         if not isinstance(data, dict):
             raise LinkError("bad-json", "vmess body is not a JSON object")
         return _vmess_from_json(data, name_hint)
-    uri = decoded if "@" in decoded else body
+    if "@" in decoded:
+        # Shadowrocket keeps its query outside the base64 part.
+        query = body.partition("?")[2]
+        uri = decoded + ("?" + query if query and "?" not in decoded else "")
+    else:
+        uri = body
     if "@" not in uri:
         raise LinkError("bad-encoding", "vmess body is neither base64 JSON nor a URI")
     parts = split_link("vmess://" + uri + ("#" + fragment if fragment else ""))
     userinfo = unquote_lenient(parts.userinfo)
     method, _, uuid = userinfo.rpartition(":")
-    params = parts.params
+    params = _shadowrocket_params(parts.params)
     security = params.get("security", "none").lower()
     return Proxy(
         protocol="vmess",
@@ -429,6 +453,8 @@ def parse_shadowsocks(link: str) -> Proxy:
     if not method or not method.isprintable() or " " in method:
         raise LinkError("bad-field", "ss cipher name is empty or not text")
     plugin, _, plugin_opts = parts.params.get("plugin", "").partition(";")
+    # SSPanel and older clients name the simple-obfs client by its project.
+    plugin = "obfs-local" if plugin == "simple-obfs" else plugin
     return Proxy(
         protocol="shadowsocks",
         server=_check_host(parts.host),
@@ -537,7 +563,19 @@ def parse_tuic(link: str) -> Proxy:
 
 
 def parse_socks(link: str) -> Proxy:
-    """Parse a SOCKS5 link: `socks://BASE64(USER:PASS)@HOST:PORT#NAME` or raw."""
+    """Parse a SOCKS5 link: `socks://BASE64(USER:PASS)@HOST:PORT#NAME` or raw.
+
+    Older v2rayN wrote the whole authority as base64:
+    `socks://BASE64(USER:PASS@HOST:PORT)#NAME`.
+    """
+    scheme, _, rest = link.partition("://")
+    head, sep, fragment = rest.partition("#")
+    if head.strip() and "@" not in head and ":" not in head.strip():
+        try:
+            decoded = b64decode_lenient(head).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise LinkError("bad-encoding", "socks body is not base64") from None
+        link = f"{scheme}://{decoded}{sep}{fragment}"
     parts = split_link(link)
     username = password = ""
     if parts.userinfo:

@@ -31,9 +31,10 @@ FORMATS = ("auto", "plain", "base64", "clash", "singbox")
 _SCHEME_ALTERNATION = "|".join(
     sorted((re.escape(s) for s in SCHEMES), key=len, reverse=True)
 )
-# A link starts at a known scheme that is not the tail of a longer word, so
-# 'ss://' inside 'vless://' is not a start.
-_LINK_START = re.compile(rf"(?<![A-Za-z0-9+.-])(?:{_SCHEME_ALTERNATION})://", re.I)
+# Longest schemes first, scanning left to right: at the 'v' of 'vless://'
+# the whole scheme matches, so its tail 'ss://' is never a start, while a
+# link glued to a name ('...#node1vless://') still is.
+_LINK_START = re.compile(rf"(?:{_SCHEME_ALTERNATION})://", re.I)
 _ANY_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{1,20}://")
 _ANY_LINK_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]{1,20}://", re.M)
 # Share of control or replacement characters above which a body is binary;
@@ -167,21 +168,25 @@ def _parse_sip008(data: dict[str, Any]) -> ParseReport:
     def parse(server: Any) -> Proxy:
         if not isinstance(server, dict):
             raise LinkError("bad-entry", "server is not an object")
-        entry = {
-            "type": "ss",
-            "name": server.get("remarks") or "",
+        outbound = {
+            "type": "shadowsocks",
+            "tag": server.get("remarks") or "",
             "server": server.get("server"),
-            "port": server.get("server_port"),
-            "cipher": server.get("method"),
+            "server_port": server.get("server_port"),
+            "method": server.get("method"),
             "password": server.get("password"),
+            "plugin": server.get("plugin"),
+            "plugin_opts": server.get("plugin_opts"),
         }
-        return parse_clash_entry(entry)
+        return parse_singbox_outbound(outbound)
 
     _collect(report, data.get("servers") or [], parse, "server")
     return report
 
 
 def _parse_json(data: Any) -> ParseReport | None:
+    if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
+        return _parse_plain("\n".join(data))
     if not isinstance(data, dict):
         return None
     if isinstance(data.get("outbounds"), list) or isinstance(data.get("endpoints"), list):
@@ -265,11 +270,32 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
             return report
     if _LINK_START.search(stripped) or _ANY_LINK_LINE.search(stripped):
         return _parse_plain(text)
+    if _is_base64_per_line(stripped):
+        return _parse_plain(text, shape="base64-lines")
     if _depth == 0:
         return _parse_base64(stripped, _depth)
     raise SourceError(
         "body is not share links, base64, Clash YAML, sing-box JSON or SIP008 JSON"
     )
+
+
+def _is_base64_per_line(text: str) -> bool:
+    """Whether every line is one whole base64-encoded link on its own.
+
+    A wrapped base64 body fails this: its later lines decode to the middle
+    of a link, not to a scheme.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+    for line in lines:
+        try:
+            decoded = b64decode_lenient(line).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not _ANY_LINK.match(decoded):
+            return False
+    return True
 
 
 def _parse_base64(text: str, depth: int) -> ParseReport:

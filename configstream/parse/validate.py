@@ -98,9 +98,16 @@ def validate(proxy: Proxy) -> Proxy:
         raise LinkError("missing-credential", f"{proxy.protocol} config has no password")
     if proxy.protocol == "vless" and proxy.flow not in VLESS_FLOWS:
         raise LinkError("bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown")
-    if proxy.tls is not None and proxy.tls.fingerprint:
+    if proxy.tls is not None:
         fingerprint = proxy.tls.fingerprint.lower()
+        server_name = proxy.tls.server_name
+        if not server_name and proxy.protocol == "vmess" and proxy.transport:
+            # v2rayN sends the first Host as SNI when a vmess config names
+            # none; every shape is read the same way.
+            server_name = proxy.transport.host.split(",")[0].strip()
         changes["tls"] = dataclasses.replace(
-            proxy.tls, fingerprint=fingerprint if fingerprint in FINGERPRINTS else ""
+            proxy.tls,
+            server_name=server_name,
+            fingerprint=fingerprint if fingerprint in FINGERPRINTS else "",
         )
     return dataclasses.replace(proxy, **changes)  # type: ignore[arg-type]

@@ -194,8 +194,11 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
         userinfo = _q(proxy.uuid) + (":" + _q(proxy.password) if proxy.password else "")
         return f"tuic://{userinfo}@{host}?{_query(params)}{fragment}"
     if kind == "hysteria":
-        params = [("auth", proxy.password), ("upmbps", str(proxy.up_mbps or 10))]
-        params.append(("downmbps", str(proxy.down_mbps or 50)))
+        params = [("auth", proxy.password)]
+        if proxy.up_mbps:
+            params.append(("upmbps", str(proxy.up_mbps)))
+        if proxy.down_mbps:
+            params.append(("downmbps", str(proxy.down_mbps)))
         if proxy.tls is not None:
             if proxy.tls.server_name:
                 params.append(("peer", proxy.tls.server_name))
