@@ -24,7 +24,7 @@ from configstream.fetch import FetchResult, fetch_all
 from configstream.geo import GeoIP
 from configstream.models import Entry, ProbeResult, Proxy, Status
 from configstream.parse import parse_body
-from configstream.probe import ProbeSettings, Tester
+from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_outputs
 from configstream.singbox import locate_core
 
@@ -160,7 +160,7 @@ async def _test(
             timeout=settings.timeout,
             concurrency=settings.concurrency,
         )
-        tester = Tester(core, probe, progress=reporter.advance)
+        tester = ProxyTester(core, probe, progress=reporter.advance)
         results = await tester.test([entry.proxy for entry in to_test])
         for entry in to_test:
             entry.result = results[entry.proxy]

@@ -129,7 +129,7 @@ def _batch_config(outbounds: Sequence[dict[str, Any]], ports: Sequence[int]) -> 
     }
 
 
-class Tester:
+class ProxyTester:
     """Tests proxies in batches, one core process per batch."""
 
     def __init__(self, core: Core, settings: ProbeSettings, progress: Progress | None = None):
