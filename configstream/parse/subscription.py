@@ -35,6 +35,7 @@ _SCHEME_ALTERNATION = "|".join(
 # the whole scheme matches, so its tail 'ss://' is never a start, while a
 # link glued to a name ('...#node1vless://') still is.
 _LINK_START = re.compile(rf"(?:{_SCHEME_ALTERNATION})://", re.I)
+_SCHEMES_LONGEST_FIRST = sorted(SCHEMES, key=len, reverse=True)
 _ANY_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{1,20}://")
 _ANY_LINK_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]{1,20}://", re.M)
 # Share of control or replacement characters above which a body is binary;
@@ -45,7 +46,12 @@ _HTML = re.compile(r"^\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
 _PROXIES_KEY = re.compile(r"^proxies\s*:", re.M)
 
 
-class _TextLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: about ten times faster on
+# the large Clash files publishers produce.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _TextLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """A safe YAML loader that keeps every scalar except null as text.
 
     YAML 1.1 reads a REALITY short id such as `01234567` as an octal number
@@ -83,7 +89,20 @@ def _to_text(body: bytes | str) -> str:
 
 
 def _links_in_line(line: str) -> list[str]:
-    starts = [match.start() for match in _LINK_START.finditer(line)]
+    if "://" not in line:
+        return []
+    # Find each '://' and look back for a known scheme ending there; a regex
+    # scanning for the scheme word backtracks quadratically over the long
+    # base64 runs inside vmess links.
+    starts = []
+    longest = len(_SCHEMES_LONGEST_FIRST[0])
+    position = line.find("://")
+    while position != -1:
+        word = line[max(0, position - longest) : position].lower()
+        scheme = next((x for x in _SCHEMES_LONGEST_FIRST if word.endswith(x)), None)
+        if scheme is not None:
+            starts.append(position - len(scheme))
+        position = line.find("://", position + 3)
     if not starts:
         return []
     ends = starts[1:] + [len(line)]

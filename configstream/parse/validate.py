@@ -33,6 +33,7 @@ VLESS_FLOWS = frozenset({"", "xtls-rprx-vision", "xtls-rprx-vision-udp443"})
 # Xray maps a non-UUID id of 1 to 30 bytes to a UUID (SHA-1 in the nil
 # namespace, as uuid5 does); longer text is not an id.
 MAX_ID_TEXT_BYTES = 30
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _UUID_PROTOCOLS = {"vmess", "vless", "tuic"}
 
@@ -62,12 +63,12 @@ def check_host(host: str) -> str:
     host = host.strip().lower().rstrip(".")
     if not host:
         raise LinkError("missing-server", "no server address")
-    try:
-        return str(ipaddress.ip_address(host.split("%")[0])) + (
-            "%" + host.split("%", 1)[1] if "%" in host else ""
-        )
-    except ValueError:
-        pass
+    if _IPV4.match(host) or ":" in host:
+        try:
+            address, _, zone = host.partition("%")
+            return str(ipaddress.ip_address(address)) + (f"%{zone}" if zone else "")
+        except ValueError:
+            raise LinkError("bad-server", "server is not a valid IP address") from None
     labels = host.split(".")
     if len(host) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
         raise LinkError("bad-server", "server is not a valid IP address or DNS name")
@@ -82,7 +83,8 @@ def validate(proxy: Proxy) -> Proxy:
     Raises:
         LinkError: a field has a value no client accepts.
     """
-    changes: dict[str, object] = {"server": check_host(proxy.server)}
+    # Every reader has already passed the server through check_host.
+    changes: dict[str, object] = {}
     if proxy.protocol in _UUID_PROTOCOLS:
         if not proxy.uuid:
             raise LinkError("missing-credential", f"{proxy.protocol} config has no user id")
@@ -105,9 +107,11 @@ def validate(proxy: Proxy) -> Proxy:
             # v2rayN sends the first Host as SNI when a vmess config names
             # none; every shape is read the same way.
             server_name = proxy.transport.host.split(",")[0].strip()
-        changes["tls"] = dataclasses.replace(
-            proxy.tls,
-            server_name=server_name,
-            fingerprint=fingerprint if fingerprint in FINGERPRINTS else "",
-        )
-    return dataclasses.replace(proxy, **changes)  # type: ignore[arg-type]
+        fingerprint = fingerprint if fingerprint in FINGERPRINTS else ""
+        if (server_name, fingerprint) != (proxy.tls.server_name, proxy.tls.fingerprint):
+            changes["tls"] = dataclasses.replace(
+                proxy.tls, server_name=server_name, fingerprint=fingerprint
+            )
+    # Most configs are already normal; copying them would double parse time.
+    changes = {k: v for k, v in changes.items() if getattr(proxy, k) != v}
+    return dataclasses.replace(proxy, **changes) if changes else proxy  # type: ignore[arg-type]
