@@ -16,6 +16,13 @@ from configstream.models import Proxy, Tls, Transport
 # Transports sing-box implements; xhttp, kcp and the like have no counterpart.
 SINGBOX_TRANSPORTS = {"ws", "grpc", "http", "httpupgrade", "quic"}
 SINGBOX_SS_PLUGINS = {"", "obfs-local", "v2ray-plugin"}
+# Shadowsocks ciphers sing-box implements (the original 'chacha20' is not one).
+SINGBOX_SS_METHODS = frozenset(
+    """none aes-128-gcm aes-192-gcm aes-256-gcm chacha20-ietf-poly1305
+    xchacha20-ietf-poly1305 2022-blake3-aes-128-gcm 2022-blake3-aes-256-gcm
+    2022-blake3-chacha20-poly1305 aes-128-ctr aes-192-ctr aes-256-ctr aes-128-cfb
+    aes-192-cfb aes-256-cfb rc4-md5 chacha20-ietf xchacha20""".split()
+)
 # Hysteria v1 refuses to start without bandwidth figures; these are the
 # values most clients fill in when a link leaves them out.
 HYSTERIA_DEFAULT_UP_MBPS = 10
@@ -119,6 +126,8 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
     elif kind == "trojan":
         out["password"] = proxy.password
     elif kind == "shadowsocks":
+        if proxy.method not in SINGBOX_SS_METHODS:
+            raise Unrepresentable(f"sing-box has no shadowsocks cipher '{proxy.method}'")
         if proxy.plugin not in SINGBOX_SS_PLUGINS:
             raise Unrepresentable(f"sing-box has no shadowsocks plugin '{proxy.plugin}'")
         out.update(method=proxy.method, password=proxy.password)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+import uuid as uuid_module
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -431,6 +432,25 @@ def _ss_credentials(userinfo: str) -> tuple[str, str]:
     return method, password
 
 
+def _mislabelled_ss(body: str, head: str) -> Proxy | None:
+    """Read a VMess or VLESS config that a publisher labelled `ss://`.
+
+    Some lists relabel every link with one scheme. Two cases are certain: a
+    base64 VMess JSON body (`ss://eyJ...`), and a UUID user with VLESS's
+    `encryption=` parameter. Anything else stays a Shadowsocks link.
+    """
+    if head.startswith("eyJ"):
+        return parse_vmess("vmess://" + body)
+    userinfo, at, _ = head.rpartition("@")
+    if at and "encryption=" in body.split("#", 1)[0]:
+        try:
+            uuid_module.UUID(unquote_lenient(userinfo))
+        except ValueError:
+            return None
+        return parse_vless("vless://" + body)
+    return None
+
+
 def parse_shadowsocks(link: str) -> Proxy:
     """Parse a Shadowsocks link in SIP002 or the legacy all-base64 form.
 
@@ -440,6 +460,9 @@ def parse_shadowsocks(link: str) -> Proxy:
     """
     body = link[len("ss://") :]
     head = body.split("#", 1)[0].split("?", 1)[0].strip()
+    relabelled = _mislabelled_ss(body, head)
+    if relabelled is not None:
+        return relabelled
     if "@" not in head:
         try:
             decoded = b64decode_lenient(head.rstrip("/")).decode("utf-8")

@@ -7,6 +7,8 @@ rejected with a reason instead of poisoning a published file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import re
@@ -22,6 +24,16 @@ SS_METHODS = frozenset(
     2022-blake3-chacha20-poly1305 aes-128-ctr aes-192-ctr aes-256-ctr aes-128-cfb
     aes-192-cfb aes-256-cfb rc4-md5 chacha20-ietf xchacha20 chacha20""".split()
 )
+SS2022_KEY_BYTES = {
+    "2022-blake3-aes-128-gcm": 16,
+    "2022-blake3-aes-256-gcm": 32,
+    "2022-blake3-chacha20-poly1305": 32,
+}
+# Option keys of the SIP003 plugins clients implement; others are dropped.
+PLUGIN_KEYS = {
+    "obfs-local": {"obfs", "obfs-host"},
+    "v2ray-plugin": {"mode", "host", "path", "tls", "mux"},
+}
 VMESS_SECURITY = frozenset({"auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305",
                             "aes-128-cfb"})
 FINGERPRINTS = frozenset(
@@ -77,6 +89,48 @@ def check_host(host: str) -> str:
     return host
 
 
+def _check_2022_key(method: str, password: str) -> None:
+    """Shadowsocks 2022 keys are base64 of exactly the cipher's key size.
+
+    Multi-user servers take `IDENTITY_KEY:USER_KEY`; every part is checked.
+    """
+    size = SS2022_KEY_BYTES[method]
+    for part in password.split(":"):
+        try:
+            key = base64.b64decode(part, validate=True)
+        except (binascii.Error, ValueError):
+            raise LinkError("bad-key", f"{method} key is not base64") from None
+        if len(key) != size:
+            raise LinkError("bad-key", f"{method} key is {len(key)} bytes, not {size}")
+
+
+def _plugin_options(plugin: str, options: str) -> str:
+    """Keep the plugin options each known plugin accepts, checked.
+
+    Raises:
+        LinkError: an obfs mode or host no client accepts.
+    """
+    if plugin not in PLUGIN_KEYS:
+        return options
+    pairs = [item.partition("=") for item in options.split(";") if item.strip()]
+    kept: list[str] = []
+    for key, sep, value in pairs:
+        key, value = key.strip(), value.strip()
+        if key not in PLUGIN_KEYS[plugin]:
+            continue
+        if key == "obfs" and value not in {"http", "tls"}:
+            raise LinkError("bad-plugin", f"simple-obfs mode {value[:20]!r} is unknown")
+        if key in {"obfs-host", "host"} and value:
+            try:
+                check_host(value)
+            except LinkError:
+                raise LinkError("bad-plugin", "plugin host is not a DNS name") from None
+        if key == "mux" and not value.isdigit():
+            continue
+        kept.append(f"{key}={value}" if sep else key)
+    return ";".join(kept)
+
+
 def validate(proxy: Proxy) -> Proxy:
     """Check a parsed proxy and return its normal form.
 
@@ -90,8 +144,13 @@ def validate(proxy: Proxy) -> Proxy:
             raise LinkError("missing-credential", f"{proxy.protocol} config has no user id")
         changes["uuid"] = normalize_uuid(proxy.uuid)
     if proxy.protocol == "shadowsocks":
-        if proxy.method not in SS_METHODS:
-            raise LinkError("bad-cipher", f"shadowsocks cipher {proxy.method[:30]!r} is unknown")
+        method = "none" if proxy.method == "plain" else proxy.method
+        if method not in SS_METHODS:
+            raise LinkError("bad-cipher", f"shadowsocks cipher {method[:30]!r} is unknown")
+        if method.startswith("2022-"):
+            _check_2022_key(method, proxy.password)
+        changes["method"] = method
+        changes["plugin_opts"] = _plugin_options(proxy.plugin, proxy.plugin_opts)
     if proxy.protocol == "vmess":
         method = proxy.method.lower()
         # Converters write a missing value as 'null' or leave it empty.

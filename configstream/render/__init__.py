@@ -151,9 +151,12 @@ def _build_files(
         _proxy_record(entry, name, link)
         for entry, name, link in zip(entries, names, links, strict=True)
     ]
-    page = _environment().get_template("index.html.j2").render(
-        title=title, stats=stats, proxies=records
-    )
+    try:
+        page = _environment().get_template("index.html.j2").render(
+            title=title, stats=stats, proxies=records
+        )
+    except jinja2.TemplateError as exc:
+        raise OutputError(f"cannot render index.html: {exc}") from exc
     return {
         "sub.txt": text,
         "sub_base64.txt": base64.b64encode(text.encode("utf-8")).decode("ascii") + "\n",

@@ -1,0 +1,215 @@
+"""The published index.html in a real Chromium, served from 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
+
+from configstream.demo import World, start_world
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Belt and braces for the loopback-only rule: any name but 127.0.0.1
+    # fails to resolve inside the browser instead of reaching a DNS server.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+SCREENSHOT_COPY = Path("/tmp/dashboard.png")
+COUNTRY = "JP"
+
+
+def _configstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "configstream.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with start_world() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def output(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a tested run over the demo world."""
+    folder = tmp_path_factory.mktemp("demo")
+    done = _configstream(
+        "run", "--sources", str(world.sources_file), "--output", "out",
+        "--cache", "cache", "--test-url", world.test_url,
+        "--trace-url", world.trace_url, "--geoip", str(world.geoip), "--timeout", "3",
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "out"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(output: Path) -> Iterator[str]:
+    """The output folder served over HTTP on 127.0.0.1; yields its base URL."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(output))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright; fails, never skips, when absent."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: the dashboard tests need a real browser; "
+            "install it with `apt-get install -y chromium`"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Visit:
+    """An open page and what went wrong on it so far."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def visit(browser: Browser, site: str) -> Iterator[Visit]:
+    """index.html loaded in a fresh context that may reach the test site only."""
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.rstrip("/"))
+    page = context.new_page()
+    seen = Visit(page)
+
+    def guard(route: Route) -> None:
+        if route.request.url.startswith(site):
+            route.continue_()
+        else:
+            seen.blocked.append(route.request.url)
+            route.abort()
+
+    def on_console(message: ConsoleMessage) -> None:
+        # Chromium asks for /favicon.ico by itself; the output set has none,
+        # and that 404 says nothing about the page.
+        if message.type == "error" and not message.location.get("url", "").endswith(
+            "/favicon.ico"
+        ):
+            where = message.location
+            seen.errors.append(f"{message.text} ({where.get('url')}:{where.get('lineNumber')})")
+
+    context.route("**/*", guard)
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: seen.errors.append(f"uncaught: {error}"))
+    page.goto(site + "index.html", wait_until="load")
+    try:
+        yield seen
+    finally:
+        context.close()
+
+
+def _proxies(output: Path) -> list[dict[str, Any]]:
+    return json.loads((output / "proxies.json").read_text(encoding="utf-8"))
+
+
+def _visible_rows(page: Page) -> list[list[str]]:
+    """The cells' text of each proxy row currently shown."""
+    return page.eval_on_selector_all(
+        "#proxies tbody tr[data-search]",
+        "rows => rows.filter(r => !r.hidden && r.offsetParent !== null)"
+        ".map(r => Array.from(r.cells, c => c.innerText.trim()))",
+    )
+
+
+def test_alive_count_matches_stats(visit: Visit, output: Path) -> None:
+    stats = json.loads((output / "stats.json").read_text())
+    shown = visit.page.locator("#alive-count").inner_text().strip()
+    assert stats["test"]["alive"] > 0
+    assert shown == str(stats["test"]["alive"])
+
+
+def test_table_has_one_row_per_proxy(visit: Visit, output: Path) -> None:
+    """Every proxy of proxies.json is a row of its own, in the same order."""
+    rows = _visible_rows(visit.page)
+    assert [row[0] for row in rows] == [p["name"] for p in _proxies(output)]
+
+
+def test_country_filter_shows_only_that_country(visit: Visit, output: Path) -> None:
+    """Typing a country code hides every other country's rows; clearing shows all."""
+    proxies = _proxies(output)
+    expected = [p["name"] for p in proxies if p["country"] == COUNTRY]
+    assert expected and len(expected) < len(proxies)
+
+    visit.page.locator("#filter").press_sequentially(COUNTRY)
+    rows = _visible_rows(visit.page)
+    assert [row[0] for row in rows] == expected
+    assert {row[1] for row in rows} == {COUNTRY}
+
+    visit.page.locator("#filter").fill("")
+    assert len(_visible_rows(visit.page)) == len(proxies)
+
+
+def test_copy_button_copies_the_link(visit: Visit, output: Path) -> None:
+    first = _proxies(output)[0]
+    button = visit.page.locator("#proxies tbody tr").first.get_by_role("button")
+    button.click()
+    assert button.inner_text() == "Copied"
+    assert visit.page.evaluate("navigator.clipboard.readText()") == first["link"]
+
+
+def test_page_has_no_console_errors(visit: Visit) -> None:
+    """Loading, filtering and copying log no error and fetch nothing off-site."""
+    page = visit.page
+    page.locator("#filter").press_sequentially(COUNTRY)
+    page.locator("#filter").fill("")
+    page.locator("#proxies tbody tr").first.get_by_role("button").click()
+    page.wait_for_load_state("networkidle")
+    assert visit.errors == []
+    assert visit.blocked == []
+
+
+def test_full_page_screenshot(visit: Visit, tmp_path: Path) -> None:
+    """A full-page screenshot is written (and copied to /tmp for a human look)."""
+    shot = tmp_path / "dashboard.png"
+    visit.page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert shot.stat().st_size > 10_000
+    shutil.copyfile(shot, SCREENSHOT_COPY)
