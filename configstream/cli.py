@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,9 +44,17 @@ class _RichReporter:
         self.task: Any = None
 
     def stage(self, name: str, total: int | None) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
+        self.finish()
         self.task = self.progress.add_task(name, total=total)
+
+    def finish(self) -> None:
+        """Mark the current stage complete and stop its clock."""
+        if self.task is None:
+            return
+        task = self.progress.tasks[-1]
+        done = int(task.total if task.total is not None else task.completed) or 1
+        self.progress.update(self.task, total=done, completed=done)
+        self.progress.stop_task(self.task)
 
     def advance(self, count: int = 1) -> None:
         if self.task is not None:
@@ -173,7 +182,9 @@ async def _run(settings: RunSettings) -> dict[str, Any]:
         columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
-            outcome = await run_pipeline(settings, _RichReporter(progress))
+            reporter = _RichReporter(progress)
+            outcome = await run_pipeline(settings, reporter)
+            reporter.finish()
     else:
         outcome = await run_pipeline(settings, _LogReporter())
     return outcome.stats
@@ -195,8 +206,16 @@ def _command(args: argparse.Namespace) -> int:
     return run_demo(args, _settings, _run, print_summary)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    # SIGTERM (a CI runner cancelling a job) takes the same path as Ctrl-C:
+    # the exception unwinds through every `finally`, so each sing-box
+    # process is stopped instead of left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

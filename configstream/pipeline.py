@@ -56,7 +56,7 @@ class RunOutcome:
 
 
 def _parse_sources(
-    fetched: Sequence[FetchResult], stats: dict[str, Any]
+    fetched: Sequence[FetchResult], stats: dict[str, Any], reporter: Reporter
 ) -> tuple[dict[Proxy, Entry], list[dict[str, Any]]]:
     entries: dict[Proxy, Entry] = {}
     per_source: list[dict[str, Any]] = []
@@ -73,6 +73,7 @@ def _parse_sources(
             "error": result.error,
         }
         per_source.append(row)
+        reporter.advance()
         if result.body is None:
             continue
         try:
@@ -213,8 +214,8 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
     seconds["fetch"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    reporter.stage("parse", None)
-    unique, per_source = _parse_sources(fetched, stats)
+    reporter.stage("parse", len(fetched))
+    unique, per_source = _parse_sources(fetched, stats, reporter)
     ok = sum(1 for result in fetched if result.is_ok)
     stats["fetch"] = {
         "sources": len(sources),
@@ -247,13 +248,14 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
     seconds["geo"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    reporter.stage("publish", None)
+    reporter.stage("publish", 1)
     published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     write_outputs(settings.output, published, stats, test_url=settings.test_url,
                   title=settings.title)
     stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
+    reporter.advance()
 
     with Cache.open(settings.cache) as cache:
         cache.record_results(entries)

@@ -124,3 +124,37 @@ def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
     assert len(proxies) == stats["dedupe"]["unique"]
     assert all(p["status"] == Status.UNTESTED for p in proxies[:100])
     assert CORPUS.exists()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(child) for child in text)
+    return found
+
+
+def test_sigterm_mid_run_leaves_no_core_behind(tmp_path: Path) -> None:
+    """SIGTERM while testing stops the run cleanly and every sing-box with it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "configstream.cli", "demo", "--timeout", "8",
+         "--output", "out", "--cache", "cache"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    cores: set[int] = set()
+    deadline = time.monotonic() + 30
+    # The world's server core starts first, then the tester's core.
+    while len(cores) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        cores = {c for c in _children(proc.pid)
+                 if "sing-box" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")}
+        time.sleep(0.05)
+    assert len(cores) == 2, "the demo did not start its two cores"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in cores)
