@@ -143,12 +143,19 @@ class Rejection:
 
 @dataclass(slots=True)
 class ParseReport:
-    """The result of reading one subscription body."""
+    """The result of reading one subscription body.
+
+    For line-based shapes, `lines` counts every line and `ignored_lines` the
+    blank, comment and header lines (and page text in HTML); the rest hold
+    the `found` candidates, more than one where links were glued together.
+    """
 
     shape: str
     proxies: list[Proxy] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     found: int = 0
+    lines: int = 0
+    ignored_lines: int = 0
 
 
 def identity(proxy: Proxy) -> str:

@@ -61,7 +61,7 @@ def _parse_sources(
     entries: dict[Proxy, Entry] = {}
     per_source: list[dict[str, Any]] = []
     rejected: Counter[str] = Counter()
-    found = parsed = unreadable = 0
+    found = parsed = unreadable = lines = ignored = 0
     for result in fetched:
         source = result.source
         row: dict[str, Any] = {
@@ -87,6 +87,8 @@ def _parse_sources(
         rejected.update(reasons)
         found += report.found
         parsed += len(report.proxies)
+        lines += report.lines
+        ignored += report.ignored_lines
         unique_before = len(entries)
         for proxy in report.proxies:
             entry = entries.get(proxy)
@@ -96,6 +98,8 @@ def _parse_sources(
                 entry.sources.append(source.name)
         row.update(
             shape=report.shape,
+            lines=report.lines,
+            ignored_lines=report.ignored_lines,
             found=report.found,
             parsed=len(report.proxies),
             rejected=dict(reasons),
@@ -104,6 +108,8 @@ def _parse_sources(
         log.info("source %s: %s, %d parsed, %d rejected", source.name, report.shape,
                  len(report.proxies), len(report.rejections))
     stats["parse"] = {
+        "lines": lines,
+        "ignored_lines": ignored,
         "found": found,
         "parsed": parsed,
         "rejected": sum(rejected.values()),

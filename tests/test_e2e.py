@@ -118,6 +118,12 @@ def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
     counts = json.loads((Path(__file__).parent / "data" / "corpus_counts.json").read_text())
     assert stats["parse"]["found"] == sum(v["found"] for v in counts.values())
     assert stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    # Line-based files: every line is ignored (blank, comment) or holds a
+    # candidate, which is parsed or rejected with a reason.
+    for row in stats["sources"]:
+        if row["shape"] in {"plain", "base64", "base64-lines"}:
+            assert row["lines"] - row["ignored_lines"] <= row["found"], row["name"]
+            assert row["found"] == row["parsed"] + sum(row["rejected"].values())
     assert stats["test"]["untested"] == stats["dedupe"]["unique"] > 20_000
     assert stats["fetch"]["failed"] == 0
     proxies = json.loads((tmp_path / "out" / "proxies.json").read_text())

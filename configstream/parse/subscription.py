@@ -131,8 +131,10 @@ def _parse_plain(text: str, shape: str = "plain", links_only: bool = False) -> P
     report = ParseReport(shape=shape)
     links: list[str] = []
     for line in text.splitlines():
+        report.lines += 1
         line = line.strip()
         if not line or line.startswith(("#", "//", ";")):
+            report.ignored_lines += 1
             continue
         found = _links_in_line(line)
         if not found and _BASE64_LINE.match(line):
@@ -143,6 +145,7 @@ def _parse_plain(text: str, shape: str = "plain", links_only: bool = False) -> P
                 decoded = ""
             found = _links_in_line(decoded)
         if not found and links_only:
+            report.ignored_lines += 1
             continue
         if not found:
             match = _ANY_LINK.match(line)
