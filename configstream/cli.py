@@ -29,7 +29,12 @@ from configstream.config import (
     allowed_networks,
     load_sources,
 )
+from configstream.config import Source
+from configstream.convert import TARGETS, convert, report_problems
 from configstream.errors import ConfigStreamError, SettingsError
+from configstream.fetch import fetch_all
+from configstream.parse import FORMATS
+from configstream.render import write_atomically
 from configstream.pipeline import run_pipeline
 
 log = logging.getLogger("configstream")
@@ -128,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
     _add_run_options(run)
 
+    convert = commands.add_parser(
+        "convert", help="convert subscriptions between formats, offline (no testing)"
+    )
+    convert.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="a file, an http(s) URL, or - for stdin")
+    convert.add_argument("--to", required=True, choices=TARGETS, help="output format")
+    convert.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
+    convert.add_argument("--format", default="auto", choices=FORMATS,
+                         help="input shape (default: detect from content)")
+    convert.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
     demo = commands.add_parser(
         "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"
     )
@@ -201,6 +217,8 @@ def _command(args: argparse.Namespace) -> int:
         stats = asyncio.run(_run(settings))
         print_summary(stats, settings.output)
         return 0
+    if args.command == "convert":
+        return _convert(args)
     from configstream.demo import run_demo
 
     return run_demo(args, _settings, _run, print_summary)
@@ -208,6 +226,43 @@ def _command(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _read_inputs(inputs: Sequence[str]) -> list[tuple[str, bytes]]:
+    bodies: list[tuple[str, bytes]] = []
+    remote = [Source(name=f"input-{i}", url=u) for i, u in enumerate(inputs)
+              if u.startswith(("http://", "https://"))]
+    fetched = {r.source.url: r for r in asyncio.run(fetch_all(remote, timeout=20.0))}
+    for item in inputs:
+        if item == "-":
+            bodies.append(("stdin", sys.stdin.buffer.read()))
+        elif item in fetched:
+            result = fetched[item]
+            if result.body is None:
+                raise SettingsError(f"cannot fetch: {result.error}", item)
+            bodies.append((item, result.body))
+        else:
+            try:
+                bodies.append((item, Path(item).read_bytes()))
+            except OSError as exc:
+                raise SettingsError(f"cannot read: {exc.strerror}", item) from exc
+    return bodies
+
+
+def _convert(args: argparse.Namespace) -> int:
+    conversion = convert(_read_inputs(args.inputs), args.to, args.format)
+    report_problems(conversion)
+    if args.output:
+        write_atomically(args.output, conversion.text)
+    else:
+        sys.stdout.write(conversion.text)
+    console.print(
+        f"converted {conversion.converted} proxies to {args.to} "
+        f"({conversion.duplicates} duplicates dropped, {len(conversion.rejections)} "
+        f"rejected, {sum(conversion.left_out.values())} left out)",
+        highlight=False,
+    )
+    return 0 if conversion.converted else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

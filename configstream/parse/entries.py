@@ -88,6 +88,9 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
         opts = _mapping(entry.get("ws-opts"))
         headers = _mapping(opts.get("headers")) or _mapping(entry.get("ws-headers"))
         path = _text(opts.get("path")) or _text(entry.get("ws-path")) or "/"
+        if _flag(opts.get("v2ray-http-upgrade")):
+            # mihomo writes HTTPUpgrade as a ws-opts flag.
+            return build_transport("httpupgrade", path=path, host=_host_header(headers))
         transport = build_transport("ws", path=path, host=_host_header(headers))
         early = _int(opts.get("max-early-data"), "max-early-data")
         if transport is not None and early:

@@ -173,17 +173,23 @@ def build_transport(
     models as the `http` transport.
     """
     kind = (kind or "tcp").strip().lower()
+    path = path.strip()
+    host = ",".join(item.strip() for item in host.split(",") if item.strip())
     # trojan-go calls plain TCP 'original'.
     if kind in {"tcp", "raw", "none", "original", ""}:
         if header_type.lower() != "http":
             return None
-        return Transport(type="http", path=path, host=host, options=(("tcp-http", "1"),))
+        # V2Ray's HTTP header disguise requests '/' when no path is given.
+        return Transport(
+            type="http", path=path or "/", host=host, options=(("tcp-http", "1"),)
+        )
     if kind == "h2":
         kind = "http"
     if kind == "splithttp":
         kind = "xhttp"
     if kind == "ws":
         path, early = _early_data(path or "/")
+        path = path.strip() or "/"
         return Transport(
             type="ws",
             path=path,
@@ -195,6 +201,10 @@ def build_transport(
         # 'gun' is the default gRPC mode; only a different one is worth keeping.
         options = tuple(item for item in options if item != ("mode", "gun"))
         return Transport(type="grpc", service_name=service_name or path, options=options)
+    if kind in {"http", "httpupgrade"}:
+        # Both request '/' when no path is given; writing it keeps every
+        # shape of the same config equal.
+        path = path.strip() or "/"
     return Transport(type=kind, path=path, host=host, options=options)
 
 
@@ -476,8 +486,6 @@ def parse_shadowsocks(link: str) -> Proxy:
     if not method or not method.isprintable() or " " in method:
         raise LinkError("bad-field", "ss cipher name is empty or not text")
     plugin, _, plugin_opts = parts.params.get("plugin", "").partition(";")
-    # SSPanel and older clients name the simple-obfs client by its project.
-    plugin = "obfs-local" if plugin == "simple-obfs" else plugin
     return Proxy(
         protocol="shadowsocks",
         server=_check_host(parts.host),

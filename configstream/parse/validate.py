@@ -31,8 +31,8 @@ SS2022_KEY_BYTES = {
 }
 # Option keys of the SIP003 plugins clients implement; others are dropped.
 PLUGIN_KEYS = {
-    "obfs-local": {"obfs", "obfs-host"},
-    "v2ray-plugin": {"mode", "host", "path", "tls", "mux"},
+    "obfs-local": ("obfs", "obfs-host"),
+    "v2ray-plugin": ("mode", "tls", "host", "path", "mux"),
 }
 VMESS_SECURITY = frozenset({"auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305",
                             "aes-128-cfb"})
@@ -128,6 +128,11 @@ def _plugin_options(plugin: str, options: str) -> str:
         if key == "mux" and not value.isdigit():
             continue
         kept.append(f"{key}={value}" if sep else key)
+    if plugin == "obfs-local" and not any(item.startswith("obfs=") for item in kept):
+        kept.append("obfs=http")  # simple-obfs's own default mode
+    # One order for the same options, so equal configs compare equal.
+    order = PLUGIN_KEYS[plugin]
+    kept.sort(key=lambda item: order.index(item.partition("=")[0]))
     return ";".join(kept)
 
 
@@ -150,7 +155,10 @@ def validate(proxy: Proxy) -> Proxy:
         if method.startswith("2022-"):
             _check_2022_key(method, proxy.password)
         changes["method"] = method
-        changes["plugin_opts"] = _plugin_options(proxy.plugin, proxy.plugin_opts)
+        # 'obfs' and 'simple-obfs' are other names of the obfs-local client.
+        plugin = "obfs-local" if proxy.plugin in {"obfs", "simple-obfs"} else proxy.plugin
+        changes["plugin"] = plugin
+        changes["plugin_opts"] = _plugin_options(plugin, proxy.plugin_opts)
     if proxy.protocol == "vmess":
         method = proxy.method.lower()
         # Converters write a missing value as 'null' or leave it empty.
@@ -167,6 +175,10 @@ def validate(proxy: Proxy) -> Proxy:
             # none; every shape is read the same way.
             server_name = proxy.transport.host.split(",")[0].strip()
         fingerprint = fingerprint if fingerprint in FINGERPRINTS else ""
+        if proxy.tls.is_reality and not fingerprint:
+            # REALITY cannot run without a uTLS fingerprint; clients fill
+            # in chrome, so every written form says so.
+            fingerprint = "chrome"
         if (server_name, fingerprint) != (proxy.tls.server_name, proxy.tls.fingerprint):
             changes["tls"] = dataclasses.replace(
                 proxy.tls, server_name=server_name, fingerprint=fingerprint

@@ -25,11 +25,20 @@ from configstream.errors import OutputError
 from configstream.models import Entry, Status, identity
 from configstream.outbound import Unrepresentable, to_outbound
 from configstream.render.clash import clash_config, dump_yaml, to_clash
+from configstream.render.fidelity import as_expressed
 from configstream.render.links import to_link
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PublishedFile", "display_name", "flag", "write_outputs"]
+__all__ = [
+    "ClientFiles",
+    "PublishedFile",
+    "build_client_files",
+    "display_name",
+    "flag",
+    "write_atomically",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,37 +128,87 @@ def _environment() -> jinja2.Environment:
     )
 
 
+@dataclass(slots=True)
+class ClientFiles:
+    """Subscription and client-config documents for one list of proxies."""
+
+    links: list[str]
+    clash: dict[str, Any]
+    singbox: dict[str, Any]
+    left_out: dict[str, int]
+    dropped: dict[str, int]
+
+    @property
+    def plain(self) -> str:
+        kept = [link for link in self.links if link]
+        return "\n".join(kept) + ("\n" if kept else "")
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.plain.encode("utf-8")).decode("ascii") + "\n"
+
+
+def build_client_files(
+    entries: Sequence[Entry], names: Sequence[str], test_url: str
+) -> ClientFiles:
+    """Links, a mihomo config and a sing-box config for `entries`.
+
+    A proxy a target cannot express is left out of that target only, and
+    counted in `left_out` under `target: reason`; a parameter a target has
+    no field for is counted in `dropped` (see `render.fidelity`).
+    """
+    clash_entries: list[dict[str, Any]] = []
+    outbounds: list[dict[str, Any]] = []
+    by_country: dict[str, list[str]] = defaultdict(list)
+    left_out: dict[str, int] = defaultdict(int)
+    dropped: dict[str, int] = defaultdict(int)
+    links = []
+    for entry, name in zip(entries, names, strict=True):
+        link = to_link(entry.proxy, name)
+        links.append(link)
+        if not link:
+            left_out[f"links: {entry.proxy.protocol} has no share-link form"] += 1
+        try:
+            clash_entries.append(to_clash(entry.proxy, name))
+            by_country[entry.country or "XX"].append(name)
+            for field in as_expressed(entry.proxy, "clash")[1]:
+                dropped[f"clash: {field}"] += 1
+        except Unrepresentable as exc:
+            left_out[f"clash: {exc.reason}"] += 1
+        try:
+            outbounds.append(to_outbound(entry.proxy, name))
+            for field in as_expressed(entry.proxy, "singbox")[1]:
+                dropped[f"singbox: {field}"] += 1
+        except Unrepresentable as exc:
+            left_out[f"singbox: {exc.reason}"] += 1
+    return ClientFiles(
+        links=links,
+        clash=clash_config(clash_entries, dict(by_country), test_url),
+        singbox=_singbox_config(outbounds, test_url),
+        left_out=dict(left_out),
+        dropped=dict(dropped),
+    )
+
+
 def _build_files(
     entries: Sequence[Entry], stats: dict[str, Any], test_url: str, title: str
 ) -> dict[str, str]:
     names = _unique_names(entries)
-    links = [to_link(entry.proxy, name) for entry, name in zip(entries, names, strict=True)]
-
-    clash_entries: list[dict[str, Any]] = []
-    outbounds: list[dict[str, Any]] = []
-    by_country: dict[str, list[str]] = defaultdict(list)
-    skipped: dict[str, int] = defaultdict(int)
-    for entry, name in zip(entries, names, strict=True):
-        try:
-            clash_entries.append(to_clash(entry.proxy, name))
-            by_country[entry.country or "XX"].append(name)
-        except Unrepresentable as exc:
-            skipped[f"clash: {exc.reason}"] += 1
-        try:
-            outbounds.append(to_outbound(entry.proxy, name))
-        except Unrepresentable as exc:
-            skipped[f"singbox: {exc.reason}"] += 1
+    client = build_client_files(entries, names, test_url)
     stats["output"] = {
         "proxies": len(entries),
-        "clash": len(clash_entries),
-        "singbox": len(outbounds),
-        "left_out": dict(skipped),
+        "clash": len(client.clash["proxies"]),
+        "singbox": sum(
+            1
+            for ob in client.singbox["outbounds"]
+            if ob["type"] not in {"selector", "urltest", "direct"}
+        ),
+        "left_out": client.left_out,
+        "dropped_fields": client.dropped,
     }
-
-    text = "\n".join(link for link in links if link) + ("\n" if links else "")
     records = [
         _proxy_record(entry, name, link)
-        for entry, name, link in zip(entries, names, links, strict=True)
+        for entry, name, link in zip(entries, names, client.links, strict=True)
     ]
     try:
         page = _environment().get_template("index.html.j2").render(
@@ -158,14 +217,31 @@ def _build_files(
     except jinja2.TemplateError as exc:
         raise OutputError(f"cannot render index.html: {exc}") from exc
     return {
-        "sub.txt": text,
-        "sub_base64.txt": base64.b64encode(text.encode("utf-8")).decode("ascii") + "\n",
-        "clash.yaml": dump_yaml(clash_config(clash_entries, dict(by_country), test_url)),
-        "singbox.json": json.dumps(_singbox_config(outbounds, test_url), indent=2, ensure_ascii=False),
+        "sub.txt": client.plain,
+        "sub_base64.txt": client.base64,
+        "clash.yaml": dump_yaml(client.clash),
+        "singbox.json": json.dumps(client.singbox, indent=2, ensure_ascii=False),
         "proxies.json": json.dumps(records, indent=2, ensure_ascii=False),
         "stats.json": json.dumps(stats, indent=2, ensure_ascii=False),
         "index.html": page,
     }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def write_outputs(

@@ -91,10 +91,10 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
             h2["host"] = [transport.host]
         entry.update({"network": "h2", "h2-opts": h2})
     else:
-        upgrade: dict[str, Any] = {"path": transport.path or "/"}
+        upgrade: dict[str, Any] = {"path": transport.path or "/", "v2ray-http-upgrade": True}
         if transport.host:
-            upgrade["host"] = transport.host
-        entry.update({"network": "ws", "ws-opts": dict(upgrade, **{"v2ray-http-upgrade": True})})
+            upgrade["headers"] = {"Host": transport.host}
+        entry.update({"network": "ws", "ws-opts": upgrade})
 
 
 def _plugin(proxy: Proxy, entry: dict[str, Any]) -> None:
@@ -140,6 +140,8 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
         _tls_fields(proxy, entry)
         _transport_fields(proxy, entry)
     elif kind == "trojan":
+        if proxy.tls is None:
+            raise Unrepresentable("mihomo runs trojan over TLS only")
         entry.update(type="trojan", password=proxy.password, udp=True)
         _tls_fields(proxy, entry, sni_key="sni")
         _transport_fields(proxy, entry)
@@ -156,6 +158,10 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
             )
         if proxy.obfs:
             entry.update(obfs=proxy.obfs, **{"obfs-password": proxy.obfs_password})
+        if proxy.up_mbps:
+            entry["up"] = f"{proxy.up_mbps} Mbps"
+        if proxy.down_mbps:
+            entry["down"] = f"{proxy.down_mbps} Mbps"
         _tls_fields(proxy, entry, sni_key="sni")
     elif kind == "tuic":
         entry.update(type="tuic", uuid=proxy.uuid, password=proxy.password)
