@@ -25,6 +25,10 @@ PROTOCOLS = (
     "socks",
     "http",
     "ssr",
+    "wireguard",
+    "anytls",
+    "naive",
+    "ssh",
 )
 
 

@@ -96,6 +96,41 @@ def _transport(transport: Transport | None) -> dict[str, Any] | None:
     return data
 
 
+def _wireguard_endpoint(proxy: Proxy, tag: str) -> dict[str, Any]:
+    """WireGuard is an endpoint in sing-box 1.11 and later, not an outbound."""
+    options = dict(proxy.options)
+    peer: dict[str, Any] = {
+        "address": proxy.server,
+        "port": proxy.port,
+        "public_key": options["public-key"],
+        "allowed_ips": ["0.0.0.0/0", "::/0"],
+    }
+    if options.get("pre-shared-key"):
+        peer["pre_shared_key"] = options["pre-shared-key"]
+    if options.get("reserved"):
+        try:
+            peer["reserved"] = [int(x) for x in options["reserved"].split(",")]
+        except ValueError:
+            raise Unrepresentable("wireguard reserved bytes are not numbers") from None
+    endpoint: dict[str, Any] = {
+        "type": "wireguard",
+        "tag": tag,
+        "address": [_with_prefix(a) for a in options["address"].split(",")],
+        "private_key": proxy.password,
+        "peers": [peer],
+    }
+    if options.get("mtu", "").isdigit():
+        endpoint["mtu"] = int(options["mtu"])
+    return endpoint
+
+
+def _with_prefix(address: str) -> str:
+    address = address.strip()
+    if "/" in address:
+        return address
+    return address + ("/128" if ":" in address else "/32")
+
+
 def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, Any]:
     """Build the sing-box outbound for a proxy.
 
@@ -157,17 +192,25 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
             out["congestion_control"] = proxy.congestion_control
         if proxy.udp_relay_mode:
             out["udp_relay_mode"] = proxy.udp_relay_mode
-    elif kind in {"socks", "http"}:
+    elif kind in {"socks", "http", "naive"}:
         if kind == "socks":
-            out["version"] = "5"
+            out["version"] = dict(proxy.options).get("version", "5")
         if proxy.username:
             out.update(username=proxy.username, password=proxy.password)
+    elif kind == "anytls":
+        out["password"] = proxy.password
+    elif kind == "ssh":
+        out["user"] = proxy.username
+        if proxy.password:
+            out["password"] = proxy.password
+    elif kind == "wireguard":
+        return _wireguard_endpoint(proxy, tag)
     else:
         raise Unrepresentable(f"sing-box cannot run {kind}")
 
     tls = _tls(proxy.tls, has_utls=has_utls)
-    if kind in {"hysteria2", "hysteria", "tuic"}:
-        # QUIC protocols always run over TLS even when a link omits it.
+    if kind in {"hysteria2", "hysteria", "tuic", "anytls", "naive"}:
+        # These always run over TLS even when a link omits it.
         tls = tls or {"enabled": True}
     if tls is not None:
         out["tls"] = tls

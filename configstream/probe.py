@@ -121,12 +121,24 @@ def _batch_config(outbounds: Sequence[dict[str, Any]], ports: Sequence[int]) -> 
         for i, port in enumerate(ports)
     ]
     rules = [{"inbound": [f"in-{i}"], "outbound": ob["tag"]} for i, ob in enumerate(outbounds)]
-    return {
+    # WireGuard is an endpoint in sing-box; routing names it like an outbound.
+    config: dict[str, Any] = {
         "log": {"level": "error"},
         "inbounds": inbounds,
-        "outbounds": list(outbounds),
+        "outbounds": [ob for ob in outbounds if ob["type"] != "wireguard"],
         "route": {"rules": rules},
     }
+    endpoints = [ob for ob in outbounds if ob["type"] == "wireguard"]
+    if endpoints:
+        config["endpoints"] = endpoints
+    return config
+
+
+def _batch_index(outbounds: Sequence[dict[str, Any]], kind: str, index: int) -> int | None:
+    """Map `sing-box check`'s `outbound[N]` or `endpoint[N]` back to the batch."""
+    is_endpoint = kind == "endpoint"
+    positions = [i for i, ob in enumerate(outbounds) if (ob["type"] == "wireguard") == is_endpoint]
+    return positions[index] if index < len(positions) else None
 
 
 class ProxyTester:
@@ -164,15 +176,16 @@ class ProxyTester:
         # others in its batch their test.
         for _ in range(MAX_CHECK_ROUNDS):
             outbounds = [dict(ob, tag=f"p-{i}") for i, (_, ob) in enumerate(batch)]
-            index, message = await find_bad_outbound(
+            found, message = await find_bad_outbound(
                 self.core, _batch_config(outbounds, [0] * len(outbounds))
             )
-            if index is None and not message:
+            if found is None and not message:
                 return batch
-            if index is None or index >= len(batch):
+            index = _batch_index(outbounds, *found) if found else None
+            if index is None:
                 raise CoreError("sing-box rejects the batch config", message)
             proxy = batch[index][0]
-            reason = _scrub(message.split(f"outbound[{index}]:", 1)[-1].strip(), proxy)
+            reason = _scrub(message.split(f"{found[0]}[{found[1]}]:", 1)[-1].strip(), proxy)
             results[proxy] = ProbeResult(Status.UNTESTABLE, reason=f"core refused: {reason}"[:300])
             self.progress(1)
             batch = batch[:index] + batch[index + 1 :]

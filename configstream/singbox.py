@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 15.0
 CHECK_TIMEOUT = 30.0
 STDERR_TAIL = 2000
-_OUTBOUND_INDEX = re.compile(r"outbound\[(\d+)\]")
+_OUTBOUND_INDEX = re.compile(r"(outbound|endpoint)\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +110,15 @@ def check_config_file(core: Core, config_path: Path) -> tuple[bool, str]:
     return bool(ok), str(message).strip()
 
 
-async def find_bad_outbound(core: Core, config: dict[str, Any]) -> tuple[int | None, str]:
+async def find_bad_outbound(
+    core: Core, config: dict[str, Any]
+) -> tuple[tuple[str, int] | None, str]:
     """Ask `sing-box check` about a config.
 
     Returns:
-        (None, "") when the config loads; otherwise the index of the outbound
-        it names (or None when the error names none) and the error text.
+        (None, "") when the config loads; otherwise the list and index it
+        names, as `("outbound", 3)` or `("endpoint", 0)` (None when the error
+        names none), and the error text.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(config, handle)
@@ -142,7 +145,8 @@ async def find_bad_outbound(core: Core, config: dict[str, Any]) -> tuple[int | N
         return None, ""
     text = stderr.decode("utf-8", "replace").strip()
     match = _OUTBOUND_INDEX.search(text)
-    return (int(match.group(1)) if match else None), text[-STDERR_TAIL:]
+    found = (match.group(1), int(match.group(2))) if match else None
+    return found, text[-STDERR_TAIL:]
 
 
 def reserve_ports(count: int) -> list[int]:

@@ -33,6 +33,9 @@ _SINGBOX_FIELDS = {
     "tuic": {"uuid", "password", "tuic"},
     "socks": {"username", "password"},
     "http": {"username", "password"},
+    "anytls": {"password"},
+    "naive": {"username", "password"},
+    "ssh": {"username", "password"},
 }
 # sing-box outbound types that route traffic rather than describe a server.
 _SINGBOX_NON_PROXY = {"selector", "urltest", "direct", "block", "dns"}
@@ -123,6 +126,24 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
             "httpupgrade", path=_text(opts.get("path")), host=_host_header(headers)
         )
     return build_transport(network)
+
+
+def _wireguard_options(
+    *, public_key: str, addresses: list[str], reserved: Any, mtu: str, pre_shared_key: str
+) -> tuple[tuple[str, str], ...]:
+    def with_prefix(address: str) -> str:
+        return address if "/" in address else address + ("/128" if ":" in address else "/32")
+
+    if isinstance(reserved, list):
+        reserved = ",".join(str(x).strip() for x in reserved)
+    options = [
+        ("public-key", public_key),
+        ("address", ",".join(with_prefix(a) for a in addresses)),
+        ("reserved", _text(reserved)),
+        ("mtu", mtu),
+        ("pre-shared-key", pre_shared_key),
+    ]
+    return tuple((k, v) for k, v in options if v)
 
 
 def _clash_tls(entry: Mapping[str, Any], default_on: bool) -> Tls | None:
@@ -262,6 +283,26 @@ def _clash_entry(entry: Any) -> Proxy:
             tls=_clash_tls(entry, False),
             **base,
         )
+    if kind == "anytls":
+        return Proxy(protocol="anytls", password=_text(entry.get("password")),
+                     tls=_clash_tls(entry, True), **base)
+    if kind == "ssh":
+        return Proxy(protocol="ssh", username=_text(entry.get("username")),
+                     password=_text(entry.get("password")), **base)
+    if kind == "wireguard":
+        addresses = [_text(entry.get(k)) for k in ("ip", "ipv6") if _text(entry.get(k))]
+        return Proxy(
+            protocol="wireguard",
+            password=_text(entry.get("private-key")),
+            options=_wireguard_options(
+                public_key=_text(entry.get("public-key")),
+                addresses=addresses,
+                reserved=entry.get("reserved"),
+                mtu=_text(entry.get("mtu")),
+                pre_shared_key=_text(entry.get("pre-shared-key")),
+            ),
+            **base,
+        )
     if kind == "ssr":
         return Proxy(
             protocol="ssr",
@@ -336,10 +377,34 @@ def parse_singbox_outbound(outbound: Any) -> Proxy:
     return validate(_singbox_outbound(outbound))
 
 
+def _singbox_wireguard(endpoint: Mapping[str, Any]) -> Proxy:
+    peers = endpoint.get("peers") or []
+    peer = _mapping(peers[0] if isinstance(peers, list) and peers else {})
+    server = _text(peer.get("address") or endpoint.get("server"))
+    port = peer.get("port") or endpoint.get("server_port")
+    addresses = endpoint.get("address") or endpoint.get("local_address") or []
+    return Proxy(
+        protocol="wireguard",
+        server=_check_host(server),
+        port=_check_port(_text(port)),
+        name=_text(endpoint.get("tag")),
+        password=_text(endpoint.get("private_key")),
+        options=_wireguard_options(
+            public_key=_text(peer.get("public_key") or endpoint.get("peer_public_key")),
+            addresses=[_text(a) for a in addresses] if isinstance(addresses, list) else [],
+            reserved=peer.get("reserved") or endpoint.get("reserved"),
+            mtu=_text(endpoint.get("mtu")),
+            pre_shared_key=_text(peer.get("pre_shared_key") or endpoint.get("pre_shared_key")),
+        ),
+    )
+
+
 def _singbox_outbound(outbound: Any) -> Proxy:
     if not isinstance(outbound, Mapping):
         raise LinkError("bad-entry", "outbound is not an object")
     kind = _text(outbound.get("type")).lower()
+    if kind == "wireguard":
+        return _singbox_wireguard(outbound)
     if kind not in _SINGBOX_FIELDS:
         raise LinkError("unsupported-type", f"sing-box outbound type {kind[:20]!r} is not supported")
     obfs = _mapping(outbound.get("obfs"))
@@ -348,8 +413,9 @@ def _singbox_outbound(outbound: Any) -> Proxy:
     server = _check_host(_text(outbound.get("server")))
     uses = _SINGBOX_FIELDS[kind]
     tls = _singbox_tls(_mapping(outbound.get("tls")), server)
-    if kind in {"hysteria2", "hysteria", "tuic"}:
+    if kind in {"hysteria2", "hysteria", "tuic", "anytls", "naive"}:
         tls = tls or Tls(server_name=_default_sni(server))
+    version = _text(outbound.get("version")) if kind == "socks" else ""
 
     def field(name: str, value: str) -> str:
         # Converters leave stray keys (a uuid on a hysteria2 outbound, ...);
@@ -367,7 +433,7 @@ def _singbox_outbound(outbound: Any) -> Proxy:
             _text(outbound.get("password") or outbound.get("auth_str"))
             or (_text(outbound.get("uuid")) if kind == "hysteria2" else ""),
         ),
-        username=field("username", _text(outbound.get("username"))),
+        username=field("username", _text(outbound.get("username") or outbound.get("user"))),
         method=field("method", _text(outbound.get("method") or outbound.get("security"))
                      or ("auto" if kind == "vmess" else "")),
         alter_id=_int(outbound.get("alter_id"), "alter_id") if kind == "vmess" else 0,
@@ -385,4 +451,5 @@ def _singbox_outbound(outbound: Any) -> Proxy:
         if "transport" in uses
         else None,
         tls=tls,
+        options=(("version", version),) if version and version != "5" else (),
     )

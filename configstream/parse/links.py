@@ -671,6 +671,86 @@ def parse_ssr(link: str) -> Proxy:
     )
 
 
+def _list_param(params: dict[str, str], *keys: str) -> str:
+    for key in keys:
+        if params.get(key):
+            return ",".join(x.strip() for x in params[key].split(",") if x.strip())
+    return ""
+
+
+def parse_wireguard(link: str) -> Proxy:
+    """Parse a WireGuard link in either common dialect.
+
+    v2rayN: `wireguard://PRIVATE_KEY@HOST:PORT?publickey=KEY&address=10.0.0.2/32&
+    reserved=1,2,3&mtu=1280#NAME`; others write `wg://HOST:PORT?private_key=KEY&
+    peer_public_key=KEY&local_address=...`. Keys are base64 and keep their '+'.
+    """
+    parts = split_link(link)
+    params = parts.params
+    private_key = unquote_lenient(parts.userinfo) or _list_param(
+        params, "privatekey", "private_key", "secretkey", "privateKey"
+    )
+    public_key = _list_param(params, "publickey", "public_key", "peer_public_key", "publicKey")
+    if not private_key or not public_key:
+        raise LinkError("missing-credential", "wireguard link lacks a private or public key")
+    options = [
+        ("public-key", public_key),
+        ("address", _list_param(params, "address", "local_address", "ip")),
+        ("reserved", _list_param(params, "reserved")),
+        ("mtu", params.get("mtu", "")),
+        ("pre-shared-key", _list_param(params, "presharedkey", "pre_shared_key",
+                                       "preSharedKey")),
+    ]
+    return Proxy(
+        protocol="wireguard",
+        server=_check_host(parts.host),
+        port=_check_port(parts.port_text),
+        name=parts.name,
+        password=private_key,
+        options=tuple((k, v) for k, v in options if v),
+    )
+
+
+def _plain_proxy(protocol: str, link: str, *, tls: bool, version: str = "") -> Proxy:
+    parts = split_link(link)
+    rest = link.partition("://")[2].split("#", 1)[0]
+    after_host = rest.rpartition("@")[2].partition("/")[2].partition("?")[0]
+    if after_host.strip("/"):
+        # 'https://t.me/channel' in a list is a web page, not a proxy.
+        raise LinkError("not-a-proxy", f"{protocol} link has a path, so it is a web address")
+    if not parts.port_text:
+        raise LinkError("bad-port", f"{protocol} link has no port")
+    username, _, password = unquote_lenient(parts.userinfo).partition(":")
+    server = _check_host(parts.host)
+    return Proxy(
+        protocol=protocol,
+        server=server,
+        port=_check_port(parts.port_text),
+        name=parts.name,
+        username=username,
+        password=password,
+        tls=_tls_from_params(parts.params, _default_sni(server)) if tls else None,
+        options=(("version", version),) if version else (),
+    )
+
+
+def parse_anytls(link: str) -> Proxy:
+    """Parse an AnyTLS link: `anytls://PASSWORD@HOST:PORT?sni=SNI&insecure=1#NAME`."""
+    parts = split_link(link)
+    password = unquote_lenient(parts.userinfo)
+    if not password:
+        raise LinkError("missing-credential", "anytls link has no password")
+    server = _check_host(parts.host)
+    return Proxy(
+        protocol="anytls",
+        server=server,
+        port=_check_port(parts.port_text or 443),
+        name=parts.name,
+        password=password,
+        tls=_tls_from_params(parts.params, _default_sni(server)),
+    )
+
+
 _PARSERS: dict[str, Callable[[str], Proxy]] = {
     "vless": parse_vless,
     "vmess": parse_vmess,
@@ -684,9 +764,21 @@ _PARSERS: dict[str, Callable[[str], Proxy]] = {
     "socks": parse_socks,
     "socks5": parse_socks,
     "ssr": parse_ssr,
+    "wireguard": parse_wireguard,
+    "wg": parse_wireguard,
+    "anytls": parse_anytls,
+    "socks4": lambda link: _plain_proxy("socks", link, tls=False, version="4"),
+    "socks4a": lambda link: _plain_proxy("socks", link, tls=False, version="4a"),
+    "http": lambda link: _plain_proxy("http", link, tls=False),
+    "https": lambda link: _plain_proxy("http", link, tls=True),
+    "naive+https": lambda link: _plain_proxy("naive", link, tls=True),
+    "ssh": lambda link: _plain_proxy("ssh", link, tls=False),
 }
 
 SCHEMES = tuple(_PARSERS)
+# Schemes that start a link glued to other text. Web addresses are common in
+# names and comments, so http:// and https:// only count at a line's start.
+SPLIT_SCHEMES = tuple(s for s in SCHEMES if s not in {"http", "https"})
 
 
 def parse_link(link: str) -> Proxy:

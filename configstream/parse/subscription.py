@@ -24,7 +24,7 @@ from configstream.parse.entries import (
     parse_clash_entry,
     parse_singbox_outbound,
 )
-from configstream.parse.links import SCHEMES, b64decode_lenient, parse_link
+from configstream.parse.links import SCHEMES, SPLIT_SCHEMES, b64decode_lenient, parse_link
 
 FORMATS = ("auto", "plain", "base64", "clash", "singbox")
 
@@ -35,7 +35,7 @@ _SCHEME_ALTERNATION = "|".join(
 # the whole scheme matches, so its tail 'ss://' is never a start, while a
 # link glued to a name ('...#node1vless://') still is.
 _LINK_START = re.compile(rf"(?:{_SCHEME_ALTERNATION})://", re.I)
-_SCHEMES_LONGEST_FIRST = sorted(SCHEMES, key=len, reverse=True)
+_SCHEMES_LONGEST_FIRST = sorted(SPLIT_SCHEMES, key=len, reverse=True)
 _ANY_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{1,20}://")
 _ANY_LINK_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]{1,20}://", re.M)
 # Share of control or replacement characters above which a body is binary;

@@ -104,6 +104,19 @@ def _check_2022_key(method: str, password: str) -> None:
             raise LinkError("bad-key", f"{method} key is {len(key)} bytes, not {size}")
 
 
+def _check_wireguard(proxy: Proxy) -> None:
+    options = dict(proxy.options)
+    for label, key in (("private", proxy.password), ("public", options.get("public-key", ""))):
+        try:
+            size = len(base64.b64decode(key, validate=True))
+        except (binascii.Error, ValueError):
+            size = -1
+        if size != 32:
+            raise LinkError("bad-key", f"wireguard {label} key is not 32 bytes of base64")
+    if not options.get("address"):
+        raise LinkError("missing-field", "wireguard config has no local address")
+
+
 def _plugin_options(plugin: str, options: str) -> str:
     """Keep the plugin options each known plugin accepts, checked.
 
@@ -143,7 +156,16 @@ def validate(proxy: Proxy) -> Proxy:
         LinkError: a field has a value no client accepts.
     """
     # Every reader has already passed the server through check_host.
-    changes: dict[str, object] = {}
+    # Credentials lose stray outer whitespace, which YAML readers drop too.
+    changes: dict[str, object] = {
+        "password": proxy.password.strip(),
+        "username": proxy.username.strip(),
+    }
+    if proxy.protocol in {"socks", "http", "naive"} and not changes["username"]:
+        # Without a user name these protocols send no password at all.
+        changes["password"] = ""
+    if proxy.protocol == "hysteria2" and proxy.ports == (f"{proxy.port}:{proxy.port}",):
+        changes["ports"] = ()  # hopping over the main port alone is no hopping
     if proxy.protocol in _UUID_PROTOCOLS:
         if not proxy.uuid:
             raise LinkError("missing-credential", f"{proxy.protocol} config has no user id")
@@ -163,7 +185,11 @@ def validate(proxy: Proxy) -> Proxy:
         method = proxy.method.lower()
         # Converters write a missing value as 'null' or leave it empty.
         changes["method"] = method if method in VMESS_SECURITY else "auto"
-    if proxy.protocol in {"trojan", "hysteria2"} and not proxy.password:
+    if proxy.protocol == "wireguard":
+        _check_wireguard(proxy)
+    if proxy.protocol == "ssh" and not proxy.username:
+        raise LinkError("missing-credential", "ssh config has no user")
+    if proxy.protocol in {"trojan", "hysteria2", "anytls"} and not proxy.password:
         raise LinkError("missing-credential", f"{proxy.protocol} config has no password")
     if proxy.protocol == "vless" and proxy.flow not in VLESS_FLOWS:
         raise LinkError("bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown")
@@ -175,6 +201,8 @@ def validate(proxy: Proxy) -> Proxy:
             # none; every shape is read the same way.
             server_name = proxy.transport.host.split(",")[0].strip()
         fingerprint = fingerprint if fingerprint in FINGERPRINTS else ""
+        if proxy.protocol in {"hysteria2", "hysteria", "tuic"}:
+            fingerprint = ""  # QUIC handshakes have no uTLS fingerprint
         if proxy.tls.is_reality and not fingerprint:
             # REALITY cannot run without a uTLS fingerprint; clients fill
             # in chrome, so every written form says so.

@@ -89,14 +89,23 @@ def _singbox_config(outbounds: list[dict[str, Any]], test_url: str) -> dict[str,
             {"type": "urltest", "tag": "auto", "outbounds": tags, "url": test_url,
              "interval": "10m", "tolerance": 50},
         ]
-    return {
+    config: dict[str, Any] = {
         "log": {"level": "warn"},
         "inbounds": [
             {"type": "mixed", "tag": "mixed-in", "listen": "127.0.0.1", "listen_port": 2080}
         ],
-        "outbounds": [*groups, *outbounds, {"type": "direct", "tag": "direct"}],
+        "outbounds": [
+            *groups,
+            *(ob for ob in outbounds if ob["type"] != "wireguard"),
+            {"type": "direct", "tag": "direct"},
+        ],
         "route": {"final": "proxy" if tags else "direct"},
     }
+    # WireGuard lives among the endpoints; groups still select it by tag.
+    endpoints = [ob for ob in outbounds if ob["type"] == "wireguard"]
+    if endpoints:
+        config["endpoints"] = endpoints
+    return config
 
 
 def _proxy_record(entry: Entry, name: str, link: str) -> dict[str, Any]:
@@ -200,7 +209,7 @@ def _build_files(
         "clash": len(client.clash["proxies"]),
         "singbox": sum(
             1
-            for ob in client.singbox["outbounds"]
+            for ob in [*client.singbox["outbounds"], *client.singbox.get("endpoints", [])]
             if ob["type"] not in {"selector", "urltest", "direct"}
         ),
         "left_out": client.left_out,

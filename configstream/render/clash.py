@@ -68,7 +68,7 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
         entry["network"] = "http"
         opts: dict[str, Any] = {"method": "GET", "path": [transport.path or "/"]}
         if transport.host:
-            opts["headers"] = {"Host": [transport.host]}
+            opts["headers"] = {"Host": transport.host.split(",")}
         entry["http-opts"] = opts
         return
     if transport.type not in _CLASH_NETWORKS:
@@ -88,7 +88,7 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
     elif transport.type == "http":
         h2: dict[str, Any] = {"path": transport.path or "/"}
         if transport.host:
-            h2["host"] = [transport.host]
+            h2["host"] = transport.host.split(",")
         entry.update({"network": "h2", "h2-opts": h2})
     else:
         upgrade: dict[str, Any] = {"path": transport.path or "/", "v2ray-http-upgrade": True}
@@ -177,10 +177,34 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
             entry["obfs"] = proxy.obfs_password
         _tls_fields(proxy, entry, sni_key="sni")
     elif kind in {"socks", "http"}:
+        if dict(proxy.options).get("version", "5") != "5":
+            raise Unrepresentable("mihomo has no SOCKS4 client")
         entry["type"] = "socks5" if kind == "socks" else "http"
         if proxy.username:
             entry.update(username=proxy.username, password=proxy.password)
         _tls_fields(proxy, entry)
+    elif kind == "anytls":
+        entry.update(type="anytls", password=proxy.password, udp=True)
+        _tls_fields(proxy, entry, sni_key="sni")
+    elif kind == "ssh":
+        entry.update(type="ssh", username=proxy.username)
+        if proxy.password:
+            entry["password"] = proxy.password
+    elif kind == "wireguard":
+        options = dict(proxy.options)
+        entry.update(type="wireguard", **{"private-key": proxy.password,
+                                          "public-key": options["public-key"]}, udp=True)
+        for address in options["address"].split(","):
+            entry["ipv6" if ":" in address else "ip"] = address.split("/")[0]
+        if options.get("pre-shared-key"):
+            entry["pre-shared-key"] = options["pre-shared-key"]
+        if options.get("reserved"):
+            try:
+                entry["reserved"] = [int(x) for x in options["reserved"].split(",")]
+            except ValueError:
+                raise Unrepresentable("wireguard reserved bytes are not numbers") from None
+        if options.get("mtu", "").isdigit():
+            entry["mtu"] = int(options["mtu"])
     elif kind == "ssr":
         options = dict(proxy.options)
         entry.update(type="ssr", cipher=proxy.method, password=proxy.password,

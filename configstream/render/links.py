@@ -146,6 +146,13 @@ def _port_list(proxy: Proxy) -> tuple[str, str]:
     return str(proxy.port), ",".join(items)
 
 
+def _userinfo(proxy: Proxy) -> str:
+    if not proxy.username and not proxy.password:
+        return ""
+    secret = f":{_q(proxy.password)}" if proxy.password else ""
+    return f"{_q(proxy.username)}{secret}@"
+
+
 def to_link(proxy: Proxy, name: str | None = None) -> str:
     """Write a proxy as a share link named `name` (default: its own name).
 
@@ -210,8 +217,32 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
             params.append(("obfsParam", proxy.obfs_password))
         return f"hysteria://{host}?{_query(params)}{fragment}"
     if kind == "socks":
+        version = dict(proxy.options).get("version", "")
+        if version:
+            return f"socks{version}://{_userinfo(proxy)}{host}{fragment}"
         auth = _b64(f"{proxy.username}:{proxy.password}") + "@" if proxy.username else ""
         return f"socks://{auth}{host}{fragment}"
+    if kind in {"http", "naive", "ssh"}:
+        scheme = {"http": "https" if proxy.tls else "http", "naive": "naive+https",
+                  "ssh": "ssh"}[kind]
+        params = []
+        if proxy.tls is not None:
+            params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
+        query = f"?{_query(params)}" if params else ""
+        return f"{scheme}://{_userinfo(proxy)}{host}{query}{fragment}"
+    if kind == "anytls":
+        params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
+        return f"anytls://{_q(proxy.password)}@{host}?{_query(params)}{fragment}"
+    if kind == "wireguard":
+        options = dict(proxy.options)
+        params = [
+            (key, options[option])
+            for key, option in (("publickey", "public-key"), ("address", "address"),
+                                ("reserved", "reserved"), ("mtu", "mtu"),
+                                ("presharedkey", "pre-shared-key"))
+            if options.get(option)
+        ]
+        return f"wireguard://{_q(proxy.password)}@{host}?{_query(params)}{fragment}"
     if kind == "ssr":
         options = dict(proxy.options)
         main = ":".join(
