@@ -24,20 +24,15 @@ from configstream.parse.entries import (
     parse_clash_entry,
     parse_singbox_outbound,
 )
-from configstream.parse.links import SCHEMES, SPLIT_SCHEMES, b64decode_lenient, parse_link
+from configstream.parse.links import SPLIT_SCHEMES, b64decode_lenient, parse_link
 
 FORMATS = ("auto", "plain", "base64", "clash", "singbox")
 
-_SCHEME_ALTERNATION = "|".join(
-    sorted((re.escape(s) for s in SCHEMES), key=len, reverse=True)
-)
-# Longest schemes first, scanning left to right: at the 'v' of 'vless://'
-# the whole scheme matches, so its tail 'ss://' is never a start, while a
-# link glued to a name ('...#node1vless://') still is.
-_LINK_START = re.compile(rf"(?:{_SCHEME_ALTERNATION})://", re.I)
+# Glued links are found by looking back from each '://' for the longest
+# known scheme: at 'vless://' the whole scheme matches, so its tail 'ss://'
+# is never a start, while a link glued to a name ('#node1vless://') is.
 _SCHEMES_LONGEST_FIRST = sorted(SPLIT_SCHEMES, key=len, reverse=True)
 _ANY_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{1,20}://")
-_ANY_LINK_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]{1,20}://", re.M)
 # Share of control or replacement characters above which a body is binary;
 # a few stray NUL bytes in a long list are bad lines, not a binary file.
 BINARY_SHARE = 0.1
@@ -115,10 +110,23 @@ def _collect(
     parse: Callable[[Any], Proxy],
     where: str,
 ) -> None:
+    # Lists repeat the very same line often (a third of the corpus); a text
+    # item is parsed once and its result reused, a proxy being immutable.
+    seen: dict[str, Proxy | LinkError] = {}
     for index, item in enumerate(items, start=1):
         report.found += 1
+        known = seen.get(item) if isinstance(item, str) else None
         try:
-            report.proxies.append(parse(item))
+            if known is None:
+                try:
+                    known = parse(item)
+                except LinkError as exc:
+                    known = exc
+                if isinstance(item, str):
+                    seen[item] = known
+            if isinstance(known, LinkError):
+                raise known
+            report.proxies.append(known)
         except LinkError as exc:
             report.rejections.append(Rejection(exc.reason, exc.detail, f"{where} {index}"))
 
@@ -290,7 +298,8 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
         report = _try_yaml(text)
         if report is not None:
             return report
-    if _LINK_START.search(stripped) or _ANY_LINK_LINE.search(stripped):
+    # Base64 never contains '://', so any body holding it is read as a list.
+    if "://" in stripped:
         return _parse_plain(text)
     if _is_base64_per_line(stripped):
         return _parse_plain(text, shape="base64-lines")

@@ -75,6 +75,11 @@ def check_host(host: str) -> str:
     host = host.strip().lower().rstrip(".")
     if not host:
         raise LinkError("missing-server", "no server address")
+    if _IPV4.match(host) and all(len(x) == 1 or x[0] != "0" for x in host.split(".")):
+        # The common case, checked without building an address object.
+        if all(int(x) < 256 for x in host.split(".")):
+            return host
+        raise LinkError("bad-server", "server is not a valid IP address")
     if _IPV4.match(host) or ":" in host:
         try:
             address, _, zone = host.partition("%")
