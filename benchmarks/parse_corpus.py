@@ -37,9 +37,13 @@ def main() -> None:
     found = sum(r.found for r in reports)
     parsed = [p for r in reports for p in r.proxies]
     print(f"files: {len(bodies)}, bytes: {size:,}")
-    print(f"candidates: {found:,}, parsed: {len(parsed):,}, unique: {len(set(parsed)):,}")
-    print(f"best of {args.rounds}: {best:.2f} s, {found / best:,.0f} links/s, "
-          f"{size / best / 1e6:.1f} MB/s")
+    print(
+        f"candidates: {found:,}, parsed: {len(parsed):,}, unique: {len(set(parsed)):,}"
+    )
+    print(
+        f"best of {args.rounds}: {best:.2f} s, {found / best:,.0f} links/s, "
+        f"{size / best / 1e6:.1f} MB/s"
+    )
 
 
 if __name__ == "__main__":

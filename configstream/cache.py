@@ -68,13 +68,17 @@ class Cache:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CacheError(f"cannot create cache folder {folder}: {exc.strerror}") from exc
+            raise CacheError(
+                f"cannot create cache folder {folder}: {exc.strerror}"
+            ) from exc
         path = folder / DATABASE_NAME
         try:
             return cls(cls._connect(path), path)
         except sqlite3.DatabaseError as exc:
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            log.warning("cache %s is unreadable (%s); moved to %s", path, exc, aside.name)
+            log.warning(
+                "cache %s is unreadable (%s); moved to %s", path, exc, aside.name
+            )
             path.replace(aside)
             return cls(cls._connect(path), path)
 
@@ -85,7 +89,9 @@ class Cache:
         connection.executescript(_SCHEMA)
         row = connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
-            connection.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            connection.execute(
+                "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
             connection.commit()
         return connection
 
@@ -124,17 +130,24 @@ class Cache:
 
     def record_run(self, stats: dict[str, Any]) -> None:
         """Append a run's stats to the history, keeping the last `MAX_RUNS`."""
-        summary = {key: stats.get(key) for key in ("fetch", "parse", "dedupe", "test", "seconds")}
+        summary = {
+            key: stats.get(key)
+            for key in ("fetch", "parse", "dedupe", "test", "seconds")
+        }
         with self.connection:
             self.connection.execute(
-                "INSERT INTO runs (finished_at, value) VALUES (?, ?)", (time.time(), pack(summary))
+                "INSERT INTO runs (finished_at, value) VALUES (?, ?)",
+                (time.time(), pack(summary)),
             )
             self.connection.execute(
-                "DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_RUNS,)
+                "DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?",
+                (MAX_RUNS,),
             )
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self.connection.execute("SELECT finished_at, value FROM runs ORDER BY id")
+        rows = self.connection.execute(
+            "SELECT finished_at, value FROM runs ORDER BY id"
+        )
         return [{"finished_at": at, **unpack(value)} for at, value in rows]
 
     def close(self) -> None:

@@ -18,7 +18,13 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from configstream import __version__
@@ -26,16 +32,16 @@ from configstream.config import (
     DEFAULT_TEST_URL,
     DEFAULT_TRACE_URL,
     RunSettings,
+    Source,
     allowed_networks,
     load_sources,
 )
-from configstream.config import Source
 from configstream.convert import TARGETS, convert, report_problems
 from configstream.errors import ConfigStreamError, SettingsError
 from configstream.fetch import fetch_all
 from configstream.parse import FORMATS
-from configstream.render import write_atomically
 from configstream.pipeline import run_pipeline
+from configstream.render import write_atomically
 
 log = logging.getLogger("configstream")
 console = Console(stderr=True)
@@ -76,7 +82,9 @@ class _LogReporter:
 
     def stage(self, name: str, total: int | None) -> None:
         self.name, self.total, self.done = name, total, 0
-        log.info("%s: started%s", name, f" ({total} items)" if total is not None else "")
+        log.info(
+            "%s: started%s", name, f" ({total} items)" if total is not None else ""
+        )
 
     def advance(self, count: int = 1) -> None:
         self.done += count
@@ -92,7 +100,9 @@ def _setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -100,12 +110,20 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=Path, default=Path("output"), help="output folder")
-    parser.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder")
-    parser.add_argument("--timeout", type=float, default=8.0, help="seconds per proxy test")
+    parser.add_argument(
+        "--output", type=Path, default=Path("output"), help="output folder"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=Path("cache"), help="cache folder"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=8.0, help="seconds per proxy test"
+    )
     parser.add_argument("--concurrency", type=int, default=200, help="tests in flight")
     parser.add_argument("--geoip", type=Path, help="MaxMind-format country database")
-    parser.add_argument("--singbox", type=Path, help="sing-box binary (default: bundled)")
+    parser.add_argument(
+        "--singbox", type=Path, help="sing-box binary (default: bundled)"
+    )
     parser.add_argument(
         "--allow-network",
         action="append",
@@ -114,7 +132,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="only contact servers in these networks (repeatable; also "
         "CONFIGSTREAM_ALLOW_NETWORKS)",
     )
-    parser.add_argument("--no-test", action="store_true", help="publish parsed proxies untested")
+    parser.add_argument(
+        "--no-test", action="store_true", help="publish parsed proxies untested"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -124,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="configstream",
         description="Fetch, parse, test and publish free proxy subscriptions.",
     )
-    parser.add_argument("--version", action="version", version=f"configstream {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"configstream {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline on a sources file")
@@ -136,12 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="convert subscriptions between formats, offline (no testing)"
     )
-    convert.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="a file, an http(s) URL, or - for stdin")
+    convert.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a file, an http(s) URL, or - for stdin",
+    )
     convert.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    convert.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
-    convert.add_argument("--format", default="auto", choices=FORMATS,
-                         help="input shape (default: detect from content)")
+    convert.add_argument(
+        "-o", "--output", type=Path, help="output file (default: stdout)"
+    )
+    convert.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="input shape (default: detect from content)",
+    )
     convert.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     demo = commands.add_parser(
@@ -177,7 +209,10 @@ def print_summary(stats: dict[str, Any], output: Path) -> None:
     rows = [
         ("sources ok / failed", f"{stats['fetch']['ok']} / {stats['fetch']['failed']}"),
         ("links found", stats["parse"]["found"]),
-        ("parsed / rejected", f"{stats['parse']['parsed']} / {stats['parse']['rejected']}"),
+        (
+            "parsed / rejected",
+            f"{stats['parse']['parsed']} / {stats['parse']['rejected']}",
+        ),
         ("unique", stats["dedupe"]["unique"]),
         ("alive", stats["test"]["alive"]),
         ("dead", stats["test"]["dead"]),
@@ -195,8 +230,12 @@ def print_summary(stats: dict[str, Any], output: Path) -> None:
 
 async def _run(settings: RunSettings) -> dict[str, Any]:
     if console.is_terminal:
-        columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console, transient=False) as progress:
             reporter = _RichReporter(progress)
             outcome = await run_pipeline(settings, reporter)
@@ -230,8 +269,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _read_inputs(inputs: Sequence[str]) -> list[tuple[str, bytes]]:
     bodies: list[tuple[str, bytes]] = []
-    remote = [Source(name=f"input-{i}", url=u) for i, u in enumerate(inputs)
-              if u.startswith(("http://", "https://"))]
+    remote = [
+        Source(name=f"input-{i}", url=u)
+        for i, u in enumerate(inputs)
+        if u.startswith(("http://", "https://"))
+    ]
     fetched = {r.source.url: r for r in asyncio.run(fetch_all(remote, timeout=20.0))}
     for item in inputs:
         if item == "-":

@@ -69,19 +69,25 @@ def _entry(raw: Any, index: int, base: Path) -> Source:
         raise SettingsError(f"unknown field(s) {', '.join(sorted(unknown))}", where)
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise SettingsError("'name' must be 1-100 letters, digits, '.', '_' or '-'", where)
+        raise SettingsError(
+            "'name' must be 1-100 letters, digits, '.', '_' or '-'", where
+        )
     where = f"{where} ({name})"
     url = raw.get("url")
     if not isinstance(url, str) or not url.strip():
         raise SettingsError("'url' must be a non-empty string", where)
     url = url.strip()
     if "://" in url and not url.startswith(("http://", "https://")):
-        raise SettingsError(f"'url' scheme must be http or https, got {url.split('://')[0]!r}", where)
+        raise SettingsError(
+            f"'url' scheme must be http or https, got {url.split('://')[0]!r}", where
+        )
     if "://" not in url:
         url = str((base / url).resolve()) if not Path(url).is_absolute() else url
     fmt = raw.get("format", "auto") or "auto"
     if fmt not in FORMATS:
-        raise SettingsError(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}", where)
+        raise SettingsError(
+            f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}", where
+        )
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise SettingsError("'enabled' must be true or false", where)
@@ -99,7 +105,9 @@ def load_sources(path: str | Path) -> tuple[Source, ...]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SettingsError(f"cannot read sources file: {exc.strerror}", str(path)) from exc
+        raise SettingsError(
+            f"cannot read sources file: {exc.strerror}", str(path)
+        ) from exc
     except yaml.YAMLError as exc:
         raise SettingsError(f"not valid YAML: {exc}", str(path)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
@@ -108,7 +116,9 @@ def load_sources(path: str | Path) -> tuple[Source, ...]:
     seen: set[str] = set()
     for index, source in enumerate(sources):
         if source.name in seen:
-            raise SettingsError(f"duplicate name {source.name!r}", f"{path}: sources[{index}]")
+            raise SettingsError(
+                f"duplicate name {source.name!r}", f"{path}: sources[{index}]"
+            )
         seen.add(source.name)
     return tuple(sources)
 
@@ -128,7 +138,9 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
             try:
                 networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise SettingsError(f"{item!r} is not a network in CIDR form", "--allow-network") from None
+                raise SettingsError(
+                    f"{item!r} is not a network in CIDR form", "--allow-network"
+                ) from None
     return tuple(networks)
 
 

@@ -69,7 +69,9 @@ def _record(proxy: Proxy, name: str, link: str) -> dict[str, Any]:
     }
 
 
-def convert(inputs: Sequence[tuple[str, bytes]], target: str, fmt: str = "auto") -> Conversion:
+def convert(
+    inputs: Sequence[tuple[str, bytes]], target: str, fmt: str = "auto"
+) -> Conversion:
     """Convert bodies (label, bytes) into one document of `target` format.
 
     Duplicates across and within inputs are kept once, first name winning.
@@ -101,12 +103,24 @@ def convert(inputs: Sequence[tuple[str, bytes]], target: str, fmt: str = "auto")
     elif target == "singbox":
         conversion.text = json.dumps(files.singbox, indent=2, ensure_ascii=False) + "\n"
     else:
-        records = [_record(e.proxy, n, l) for e, n, l in zip(entries, names, files.links)]
+        records = [
+            _record(e.proxy, name, link)
+            for e, name, link in zip(entries, names, files.links, strict=True)
+        ]
         conversion.text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
-    wanted = {"links": "links", "base64": "links", "clash": "clash", "singbox": "singbox"}
+    wanted = {
+        "links": "links",
+        "base64": "links",
+        "clash": "clash",
+        "singbox": "singbox",
+    }
     prefix = wanted.get(target, "none") + ":"
-    conversion.left_out = {k: v for k, v in files.left_out.items() if k.startswith(prefix)}
-    conversion.dropped = {k: v for k, v in files.dropped.items() if k.startswith(prefix)}
+    conversion.left_out = {
+        k: v for k, v in files.left_out.items() if k.startswith(prefix)
+    }
+    conversion.dropped = {
+        k: v for k, v in files.dropped.items() if k.startswith(prefix)
+    }
     return conversion
 
 

@@ -37,9 +37,9 @@ import yaml
 
 from configstream.config import load_sources, parse_networks
 from configstream.models import Proxy, Tls, Transport
+from configstream.outbound import to_outbound
 from configstream.render.clash import to_clash
 from configstream.render.links import to_link
-from configstream.outbound import to_outbound
 from configstream.singbox import Core, locate_core, reserve_ports, run_core
 
 LOOPBACK = "127.0.0.1"
@@ -169,7 +169,9 @@ def _write_geoip(path: Path, countries: dict[str, str]) -> None:
     from mmdb_writer import MMDBWriter
     from netaddr import IPSet
 
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country")
+    writer = MMDBWriter(
+        ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country"
+    )
     for address, code in countries.items():
         writer.insert_network(IPSet([f"{address}/32"]), {"country": {"iso_code": code}})
     writer.to_db_file(str(path))
@@ -178,7 +180,10 @@ def _write_geoip(path: Path, countries: dict[str, str]) -> None:
 def _keypair(core: Core, folder: Path) -> tuple[Path, Path]:
     done = subprocess.run(
         [str(core.path), "generate", "tls-keypair", DEMO_SNI],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     key, _, cert = done.stdout.partition("-----END PRIVATE KEY-----")
     key_path, cert_path = folder / "demo.key", folder / "demo.crt"
@@ -202,44 +207,132 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
     key_path, cert_path = tls_files
     tcp = reserve_ports(7)
     udp = _udp_ports(2)
-    tls_in = {"enabled": True, "certificate_path": str(cert_path), "key_path": str(key_path)}
+    tls_in = {
+        "enabled": True,
+        "certificate_path": str(cert_path),
+        "key_path": str(key_path),
+    }
     quic_tls = dict(tls_in, alpn=["h3"])
     client_tls = Tls(server_name=DEMO_SNI, insecure=True)
     quic_client_tls = Tls(server_name=DEMO_SNI, insecure=True, alpn=("h3",))
     ids = {name: str(uuid.uuid4()) for name in ("vmess", "vless", "tuic")}
-    words = {name: secrets.token_urlsafe(12) for name in ("trojan", "ss", "hy2", "tuic", "socks")}
+    words = {
+        name: secrets.token_urlsafe(12)
+        for name in ("trojan", "ss", "hy2", "tuic", "socks")
+    }
     ss2022_key = base64.b64encode(secrets.token_bytes(16)).decode()
     ws = Transport(type="ws", path="/demo-ws", host=DEMO_SNI)
 
     servers: list[tuple[str, int, dict[str, Any], Proxy, str]] = [
-        ("vmess", tcp[0],
-         {"type": "vmess", "users": [{"uuid": ids["vmess"], "alterId": 0}],
-          "transport": {"type": "ws", "path": "/demo-ws"}},
-         Proxy("vmess", LOOPBACK, tcp[0], uuid=ids["vmess"], method="auto", transport=ws), "DE"),
-        ("vless", tcp[1], {"type": "vless", "users": [{"uuid": ids["vless"]}]},
-         Proxy("vless", LOOPBACK, tcp[1], uuid=ids["vless"]), "JP"),
-        ("trojan", tcp[2],
-         {"type": "trojan", "users": [{"password": words["trojan"]}], "tls": tls_in},
-         Proxy("trojan", LOOPBACK, tcp[2], password=words["trojan"], tls=client_tls), "US"),
-        ("shadowsocks", tcp[3],
-         {"type": "shadowsocks", "method": "aes-128-gcm", "password": words["ss"]},
-         Proxy("shadowsocks", LOOPBACK, tcp[3], method="aes-128-gcm", password=words["ss"]),
-         "NL"),
-        ("shadowsocks", tcp[4],
-         {"type": "shadowsocks", "method": "2022-blake3-aes-128-gcm", "password": ss2022_key},
-         Proxy("shadowsocks", LOOPBACK, tcp[4], method="2022-blake3-aes-128-gcm",
-               password=ss2022_key), "FR"),
-        ("socks", tcp[5],
-         {"type": "socks", "users": [{"username": "demo", "password": words["socks"]}]},
-         Proxy("socks", LOOPBACK, tcp[5], username="demo", password=words["socks"]), "GB"),
-        ("hysteria2", udp[0],
-         {"type": "hysteria2", "users": [{"password": words["hy2"]}], "tls": quic_tls},
-         Proxy("hysteria2", LOOPBACK, udp[0], password=words["hy2"], tls=quic_client_tls), "SG"),
-        ("tuic", udp[1],
-         {"type": "tuic", "users": [{"uuid": ids["tuic"], "password": words["tuic"]}],
-          "congestion_control": "bbr", "tls": quic_tls},
-         Proxy("tuic", LOOPBACK, udp[1], uuid=ids["tuic"], password=words["tuic"],
-               congestion_control="bbr", tls=quic_client_tls), "CA"),
+        (
+            "vmess",
+            tcp[0],
+            {
+                "type": "vmess",
+                "users": [{"uuid": ids["vmess"], "alterId": 0}],
+                "transport": {"type": "ws", "path": "/demo-ws"},
+            },
+            Proxy(
+                "vmess",
+                LOOPBACK,
+                tcp[0],
+                uuid=ids["vmess"],
+                method="auto",
+                transport=ws,
+            ),
+            "DE",
+        ),
+        (
+            "vless",
+            tcp[1],
+            {"type": "vless", "users": [{"uuid": ids["vless"]}]},
+            Proxy("vless", LOOPBACK, tcp[1], uuid=ids["vless"]),
+            "JP",
+        ),
+        (
+            "trojan",
+            tcp[2],
+            {"type": "trojan", "users": [{"password": words["trojan"]}], "tls": tls_in},
+            Proxy("trojan", LOOPBACK, tcp[2], password=words["trojan"], tls=client_tls),
+            "US",
+        ),
+        (
+            "shadowsocks",
+            tcp[3],
+            {"type": "shadowsocks", "method": "aes-128-gcm", "password": words["ss"]},
+            Proxy(
+                "shadowsocks",
+                LOOPBACK,
+                tcp[3],
+                method="aes-128-gcm",
+                password=words["ss"],
+            ),
+            "NL",
+        ),
+        (
+            "shadowsocks",
+            tcp[4],
+            {
+                "type": "shadowsocks",
+                "method": "2022-blake3-aes-128-gcm",
+                "password": ss2022_key,
+            },
+            Proxy(
+                "shadowsocks",
+                LOOPBACK,
+                tcp[4],
+                method="2022-blake3-aes-128-gcm",
+                password=ss2022_key,
+            ),
+            "FR",
+        ),
+        (
+            "socks",
+            tcp[5],
+            {
+                "type": "socks",
+                "users": [{"username": "demo", "password": words["socks"]}],
+            },
+            Proxy("socks", LOOPBACK, tcp[5], username="demo", password=words["socks"]),
+            "GB",
+        ),
+        (
+            "hysteria2",
+            udp[0],
+            {
+                "type": "hysteria2",
+                "users": [{"password": words["hy2"]}],
+                "tls": quic_tls,
+            },
+            Proxy(
+                "hysteria2",
+                LOOPBACK,
+                udp[0],
+                password=words["hy2"],
+                tls=quic_client_tls,
+            ),
+            "SG",
+        ),
+        (
+            "tuic",
+            udp[1],
+            {
+                "type": "tuic",
+                "users": [{"uuid": ids["tuic"], "password": words["tuic"]}],
+                "congestion_control": "bbr",
+                "tls": quic_tls,
+            },
+            Proxy(
+                "tuic",
+                LOOPBACK,
+                udp[1],
+                uuid=ids["tuic"],
+                password=words["tuic"],
+                congestion_control="bbr",
+                tls=quic_client_tls,
+            ),
+            "CA",
+        ),
     ]
     plan = _Plan()
     countries: dict[str, str] = {}
@@ -257,15 +350,37 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
     closed = tcp[6]  # reserved and released: nothing listens there
     plan.bad = [
         Proxy("vless", LOOPBACK, tcp[1], uuid=str(uuid.uuid4())),
-        Proxy("trojan", LOOPBACK, tcp[2], password="wrong-" + words["trojan"], tls=client_tls),
-        Proxy("hysteria2", LOOPBACK, udp[0], password="wrong-" + words["hy2"],
-              tls=quic_client_tls),
-        Proxy("shadowsocks", LOOPBACK, closed, method="aes-256-gcm", password="closed-port"),
+        Proxy(
+            "trojan",
+            LOOPBACK,
+            tcp[2],
+            password="wrong-" + words["trojan"],
+            tls=client_tls,
+        ),
+        Proxy(
+            "hysteria2",
+            LOOPBACK,
+            udp[0],
+            password="wrong-" + words["hy2"],
+            tls=quic_client_tls,
+        ),
+        Proxy(
+            "shadowsocks",
+            LOOPBACK,
+            closed,
+            method="aes-256-gcm",
+            password="closed-port",
+        ),
         Proxy("vmess", LOOPBACK, black_hole, uuid=str(uuid.uuid4()), method="auto"),
     ]
     world = World(
-        sources_file=Path(), test_url="", trace_url="", geoip=Path(),
-        dead=len(plan.bad), untestable=3, skipped=1,
+        sources_file=Path(),
+        test_url="",
+        trace_url="",
+        geoip=Path(),
+        dead=len(plan.bad),
+        untestable=3,
+        skipped=1,
         secrets=[*ids.values(), *words.values(), ss2022_key],
     )
     world.live = [live for _, live in plan.good]
@@ -274,32 +389,68 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
 
 def _untestable_and_outside() -> list[str]:
     reality = Proxy(
-        "vless", LOOPBACK, 9, uuid=str(uuid.uuid4()), flow="xtls-rprx-vision",
-        tls=Tls(server_name="www.example.com", fingerprint="chrome",
-                reality_public_key=base64.urlsafe_b64encode(secrets.token_bytes(32))
-                .decode().rstrip("="), reality_short_id="6ba85179e30d4fc2"),
+        "vless",
+        LOOPBACK,
+        9,
+        uuid=str(uuid.uuid4()),
+        flow="xtls-rprx-vision",
+        tls=Tls(
+            server_name="www.example.com",
+            fingerprint="chrome",
+            reality_public_key=base64.urlsafe_b64encode(secrets.token_bytes(32))
+            .decode()
+            .rstrip("="),
+            reality_short_id="6ba85179e30d4fc2",
+        ),
     )
-    xhttp = Proxy("vless", LOOPBACK, 9, uuid=str(uuid.uuid4()),
-                  transport=Transport(type="xhttp", path="/x"))
-    ssr = Proxy("ssr", LOOPBACK, 9, method="aes-256-cfb", password="ssr-demo", obfs="plain",
-                options=(("protocol", "origin"),))
+    xhttp = Proxy(
+        "vless",
+        LOOPBACK,
+        9,
+        uuid=str(uuid.uuid4()),
+        transport=Transport(type="xhttp", path="/x"),
+    )
+    ssr = Proxy(
+        "ssr",
+        LOOPBACK,
+        9,
+        method="aes-256-cfb",
+        password="ssr-demo",
+        obfs="plain",
+        options=(("protocol", "origin"),),
+    )
     outside = Proxy("trojan", OUTSIDE_SERVER, 443, password="outside", tls=Tls())
-    return [to_link(reality, "reality"), to_link(xhttp, "xhttp"), to_link(ssr, "ssr"),
-            to_link(outside, "outside")]
+    return [
+        to_link(reality, "reality"),
+        to_link(xhttp, "xhttp"),
+        to_link(ssr, "ssr"),
+        to_link(outside, "outside"),
+    ]
 
 
 def _subscription_files(plan: _Plan) -> dict[str, tuple[int, bytes]]:
     good = [proxy for proxy, _ in plan.good]
     bad = plan.bad
-    plain_links = [to_link(p, f"demo {p.protocol} {i}") for i, p in enumerate(good[:3] + bad[:2])]
+    plain_links = [
+        to_link(p, f"demo {p.protocol} {i}") for i, p in enumerate(good[:3] + bad[:2])
+    ]
     plain = "#profile-title: ConfigStream demo\n# comment line\n\n"
-    plain += "\n".join(plain_links + _untestable_and_outside()) + "\nthis line is junk\n"
+    plain += (
+        "\n".join(plain_links + _untestable_and_outside()) + "\nthis line is junk\n"
+    )
     b64_links = [to_link(p, f"b64 {p.protocol}") for p in good[2:5] + bad[2:3]]
-    clash = {"proxies": [to_clash(p, f"clash {i}") for i, p in enumerate(good[5:7] + bad[3:4])]}
+    clash = {
+        "proxies": [
+            to_clash(p, f"clash {i}") for i, p in enumerate(good[5:7] + bad[3:4])
+        ]
+    }
     singbox = {
         "outbounds": [
             {"type": "selector", "tag": "select", "outbounds": ["sb-0"]},
-            *[to_outbound(p, f"sb-{i}") for i, p in enumerate([good[7], good[0], bad[4]])],
+            *[
+                to_outbound(p, f"sb-{i}")
+                for i, p in enumerate([good[7], good[0], bad[4]])
+            ],
             {"type": "direct", "tag": "direct"},
         ]
     }
@@ -318,30 +469,45 @@ def start_world(core: Core | None = None) -> Iterator[World]:
     """Start the demo world on loopback; everything stops when the block exits."""
     core = core or locate_core()
     with contextlib.ExitStack() as stack:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="configstream-demo-")))
+        folder = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="configstream-demo-")
+            )
+        )
         black_hole = stack.enter_context(_black_hole())
         plan, world = _plan_servers(_keypair(core, folder), black_hole)
         trace_port = stack.enter_context(_serve(_TraceHandler))
-        source_port = stack.enter_context(_serve(_file_handler(_subscription_files(plan))))
+        source_port = stack.enter_context(
+            _serve(_file_handler(_subscription_files(plan)))
+        )
         server_config = {
             "log": {"level": "error"},
             "inbounds": plan.inbounds,
             "outbounds": plan.outbounds,
             "route": {"rules": plan.rules},
         }
-        runner = _CoreThread(core, server_config, [i["listen_port"] for i in plan.inbounds
-                                                   if i["type"] not in {"hysteria2", "tuic"}])
+        runner = _CoreThread(
+            core,
+            server_config,
+            [
+                i["listen_port"]
+                for i in plan.inbounds
+                if i["type"] not in {"hysteria2", "tuic"}
+            ],
+        )
         stack.enter_context(runner)
 
         base = f"http://{LOOPBACK}:{source_port}"
-        sources = {"sources": [
-            {"name": "demo-plain", "url": f"{base}/plain.txt"},
-            {"name": "demo-base64", "url": f"{base}/base64.txt", "format": "auto"},
-            {"name": "demo-clash", "url": f"{base}/clash.yaml"},
-            {"name": "demo-singbox", "url": f"{base}/singbox.json"},
-            {"name": "demo-challenge-page", "url": f"{base}/challenge.html"},
-            {"name": "demo-missing", "url": f"{base}/gone.txt"},
-        ]}
+        sources = {
+            "sources": [
+                {"name": "demo-plain", "url": f"{base}/plain.txt"},
+                {"name": "demo-base64", "url": f"{base}/base64.txt", "format": "auto"},
+                {"name": "demo-clash", "url": f"{base}/clash.yaml"},
+                {"name": "demo-singbox", "url": f"{base}/singbox.json"},
+                {"name": "demo-challenge-page", "url": f"{base}/challenge.html"},
+                {"name": "demo-missing", "url": f"{base}/gone.txt"},
+            ]
+        }
         world.sources_file = folder / "sources.yml"
         world.sources_file.write_text(yaml.safe_dump(sources))
         world.test_url = f"http://{LOOPBACK}:{trace_port}/generate_204"
@@ -354,7 +520,9 @@ def start_world(core: Core | None = None) -> Iterator[World]:
 class _CoreThread:
     """Runs the world's sing-box server process on its own event loop thread."""
 
-    def __init__(self, core: Core, config: dict[str, Any], ready_ports: list[int]) -> None:
+    def __init__(
+        self, core: Core, config: dict[str, Any], ready_ports: list[int]
+    ) -> None:
         self.core, self.config, self.ready_ports = core, config, ready_ports
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -404,7 +572,9 @@ def run_demo(
             test_url=world.test_url,
             trace_url=world.trace_url,
             geoip=args.geoip or world.geoip,
-            allow_networks=parse_networks([*args.allow_network, "127.0.0.0/8", "::1/128"]),
+            allow_networks=parse_networks(
+                [*args.allow_network, "127.0.0.0/8", "::1/128"]
+            ),
             title="ConfigStream demo",
         )
         stats = asyncio.run(run(settings))

@@ -70,7 +70,10 @@ async def fetch_source(client: httpx.AsyncClient, source: Source) -> FetchResult
         else:
             result.body = await asyncio.to_thread(Path(source.url).read_bytes)
             if len(result.body) > MAX_BODY_BYTES:
-                result.body, result.error = None, f"file larger than {MAX_BODY_BYTES} bytes"
+                result.body, result.error = (
+                    None,
+                    f"file larger than {MAX_BODY_BYTES} bytes",
+                )
     except _TooLarge:
         result.error = f"body larger than {MAX_BODY_BYTES} bytes"
     except httpx.TimeoutException:

@@ -96,6 +96,18 @@ def _transport(transport: Transport | None) -> dict[str, Any] | None:
     return data
 
 
+def reserved_bytes(proxy: Proxy) -> list[int]:
+    """WireGuard's three `reserved` bytes (Cloudflare WARP) as numbers.
+
+    Raises:
+        Unrepresentable: the value is not a list of numbers.
+    """
+    try:
+        return [int(x) for x in dict(proxy.options)["reserved"].split(",")]
+    except (KeyError, ValueError):
+        raise Unrepresentable("wireguard reserved bytes are not numbers") from None
+
+
 def _wireguard_endpoint(proxy: Proxy, tag: str) -> dict[str, Any]:
     """WireGuard is an endpoint in sing-box 1.11 and later, not an outbound."""
     options = dict(proxy.options)
@@ -108,10 +120,7 @@ def _wireguard_endpoint(proxy: Proxy, tag: str) -> dict[str, Any]:
     if options.get("pre-shared-key"):
         peer["pre_shared_key"] = options["pre-shared-key"]
     if options.get("reserved"):
-        try:
-            peer["reserved"] = [int(x) for x in options["reserved"].split(",")]
-        except ValueError:
-            raise Unrepresentable("wireguard reserved bytes are not numbers") from None
+        peer["reserved"] = reserved_bytes(proxy)
     endpoint: dict[str, Any] = {
         "type": "wireguard",
         "tag": tag,
@@ -151,7 +160,9 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
     }
     kind = proxy.protocol
     if kind == "vmess":
-        out.update(uuid=proxy.uuid, security=proxy.method or "auto", alter_id=proxy.alter_id)
+        out.update(
+            uuid=proxy.uuid, security=proxy.method or "auto", alter_id=proxy.alter_id
+        )
     elif kind == "vless":
         out["uuid"] = proxy.uuid
         if proxy.flow:
@@ -162,9 +173,13 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
         out["password"] = proxy.password
     elif kind == "shadowsocks":
         if proxy.method not in SINGBOX_SS_METHODS:
-            raise Unrepresentable(f"sing-box has no shadowsocks cipher '{proxy.method}'")
+            raise Unrepresentable(
+                f"sing-box has no shadowsocks cipher '{proxy.method}'"
+            )
         if proxy.plugin not in SINGBOX_SS_PLUGINS:
-            raise Unrepresentable(f"sing-box has no shadowsocks plugin '{proxy.plugin}'")
+            raise Unrepresentable(
+                f"sing-box has no shadowsocks plugin '{proxy.plugin}'"
+            )
         out.update(method=proxy.method, password=proxy.password)
         if proxy.plugin:
             out.update(plugin=proxy.plugin, plugin_opts=proxy.plugin_opts)
@@ -217,6 +232,8 @@ def to_outbound(proxy: Proxy, tag: str, *, has_utls: bool = True) -> dict[str, A
     transport = _transport(proxy.transport)
     if transport is not None:
         if kind not in {"vmess", "vless", "trojan"}:
-            raise Unrepresentable(f"{kind} cannot carry a {transport['type']} transport")
+            raise Unrepresentable(
+                f"{kind} cannot carry a {transport['type']} transport"
+            )
         out["transport"] = transport
     return out

@@ -105,8 +105,13 @@ def _parse_sources(
             rejected=dict(reasons),
             new_unique=len(entries) - unique_before,
         )
-        log.info("source %s: %s, %d parsed, %d rejected", source.name, report.shape,
-                 len(report.proxies), len(report.rejections))
+        log.info(
+            "source %s: %s, %d parsed, %d rejected",
+            source.name,
+            report.shape,
+            len(report.proxies),
+            len(report.rejections),
+        )
     stats["parse"] = {
         "lines": lines,
         "ignored_lines": ignored,
@@ -124,7 +129,9 @@ def _in_networks(address: str, networks: Sequence[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
-async def _check_allowed(proxy: Proxy, networks: Sequence[Network]) -> ProbeResult | None:
+async def _check_allowed(
+    proxy: Proxy, networks: Sequence[Network]
+) -> ProbeResult | None:
     """Skip a proxy whose server lies outside the allowed networks."""
     try:
         addresses = [proxy.server] if ipaddress.ip_address(proxy.server) else []
@@ -142,7 +149,10 @@ async def _check_allowed(proxy: Proxy, networks: Sequence[Network]) -> ProbeResu
 
 
 async def _test(
-    entries: list[Entry], settings: RunSettings, reporter: Reporter, stats: dict[str, Any]
+    entries: list[Entry],
+    settings: RunSettings,
+    reporter: Reporter,
+    stats: dict[str, Any],
 ) -> None:
     reporter.stage("test", len(entries))
     to_test: list[Entry] = []
@@ -159,8 +169,11 @@ async def _test(
             reporter.advance()
     if to_test:
         core = locate_core(settings.singbox)
-        stats["core"] = {"path": str(core.path), "version": core.version,
-                         "utls": core.has_utls}
+        stats["core"] = {
+            "path": str(core.path),
+            "version": core.version,
+            "utls": core.has_utls,
+        }
         probe = ProbeSettings(
             test_url=settings.test_url,
             trace_url=settings.trace_url,
@@ -183,23 +196,33 @@ async def _test(
             Counter(e.result.reason for e in entries if e.result.status is Status.DEAD)
         ),
         "untestable_by_reason": dict(
-            Counter(e.result.reason for e in entries if e.result.status is Status.UNTESTABLE)
+            Counter(
+                e.result.reason for e in entries if e.result.status is Status.UNTESTABLE
+            )
         ),
         "test_url": settings.test_url,
     }
 
 
-def _locate(entries: Sequence[Entry], settings: RunSettings, stats: dict[str, Any]) -> None:
+def _locate(
+    entries: Sequence[Entry], settings: RunSettings, stats: dict[str, Any]
+) -> None:
     with GeoIP(settings.geoip) as geo:
         for entry in entries:
-            entry.country = geo.country(entry.result.exit_ip) or geo.country(entry.proxy.server)
+            entry.country = geo.country(entry.result.exit_ip) or geo.country(
+                entry.proxy.server
+            )
         stats["geo"] = {
             "database": geo.path.name,
-            "by_country": dict(Counter(e.country or "unknown" for e in entries).most_common()),
+            "by_country": dict(
+                Counter(e.country or "unknown" for e in entries).most_common()
+            ),
         }
 
 
-async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) -> RunOutcome:
+async def run_pipeline(
+    settings: RunSettings, reporter: Reporter | None = None
+) -> RunOutcome:
     """Run every stage once and publish the result into `settings.output`.
 
     Failed sources and dead proxies are counted, never raised.
@@ -216,7 +239,9 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
     mark = time.perf_counter()
     sources = [s for s in settings.sources if s.enabled]
     reporter.stage("fetch", len(sources))
-    fetched = await fetch_all(sources, settings.fetch_timeout, lambda _: reporter.advance())
+    fetched = await fetch_all(
+        sources, settings.fetch_timeout, lambda _: reporter.advance()
+    )
     seconds["fetch"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -237,7 +262,9 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
         "unique": len(entries),
         "duplicates": stats["parse"]["parsed"] - len(entries),
     }
-    stats["by_protocol"] = dict(Counter(e.proxy.protocol for e in entries).most_common())
+    stats["by_protocol"] = dict(
+        Counter(e.proxy.protocol for e in entries).most_common()
+    )
 
     mark = time.perf_counter()
     if settings.no_test:
@@ -258,8 +285,13 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
     published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    write_outputs(settings.output, published, stats, test_url=settings.test_url,
-                  title=settings.title)
+    write_outputs(
+        settings.output,
+        published,
+        stats,
+        test_url=settings.test_url,
+        title=settings.title,
+    )
     stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
     reporter.advance()
 
@@ -271,6 +303,12 @@ async def run_pipeline(settings: RunSettings, reporter: Reporter | None = None) 
 
 def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:
     stats["test"] = {
-        "tested": 0, "alive": 0, "dead": 0, "untestable": 0, "skipped": 0,
-        "untested": len(entries), "dead_by_reason": {}, "untestable_by_reason": {},
+        "tested": 0,
+        "alive": 0,
+        "dead": 0,
+        "untestable": 0,
+        "skipped": 0,
+        "untested": len(entries),
+        "dead_by_reason": {},
+        "untestable_by_reason": {},
     }

@@ -86,7 +86,9 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _probe_one(port: int, settings: ProbeSettings, context: ssl.SSLContext) -> ProbeResult:
+async def _probe_one(
+    port: int, settings: ProbeSettings, context: ssl.SSLContext
+) -> ProbeResult:
     proxy_url = f"http://127.0.0.1:{port}"
     timeout = httpx.Timeout(settings.timeout)
     async with httpx.AsyncClient(
@@ -103,7 +105,9 @@ async def _probe_one(port: int, settings: ProbeSettings, context: ssl.SSLContext
             # The mixed inbound answers 502 when its outbound cannot connect.
             return ProbeResult(Status.DEAD, reason="proxy failed to connect")
         if response.status_code >= 400:
-            return ProbeResult(Status.DEAD, reason=f"test URL answered {response.status_code}")
+            return ProbeResult(
+                Status.DEAD, reason=f"test URL answered {response.status_code}"
+            )
         exit_ip = None
         if settings.trace_url:
             try:
@@ -115,12 +119,17 @@ async def _probe_one(port: int, settings: ProbeSettings, context: ssl.SSLContext
         return ProbeResult(Status.ALIVE, latency_ms=round(latency, 1), exit_ip=exit_ip)
 
 
-def _batch_config(outbounds: Sequence[dict[str, Any]], ports: Sequence[int]) -> dict[str, Any]:
+def _batch_config(
+    outbounds: Sequence[dict[str, Any]], ports: Sequence[int]
+) -> dict[str, Any]:
     inbounds = [
         {"type": "mixed", "tag": f"in-{i}", "listen": "127.0.0.1", "listen_port": port}
         for i, port in enumerate(ports)
     ]
-    rules = [{"inbound": [f"in-{i}"], "outbound": ob["tag"]} for i, ob in enumerate(outbounds)]
+    rules = [
+        {"inbound": [f"in-{i}"], "outbound": ob["tag"]}
+        for i, ob in enumerate(outbounds)
+    ]
     # WireGuard is an endpoint in sing-box; routing names it like an outbound.
     config: dict[str, Any] = {
         "log": {"level": "error"},
@@ -134,17 +143,25 @@ def _batch_config(outbounds: Sequence[dict[str, Any]], ports: Sequence[int]) -> 
     return config
 
 
-def _batch_index(outbounds: Sequence[dict[str, Any]], kind: str, index: int) -> int | None:
+def _batch_index(
+    outbounds: Sequence[dict[str, Any]], kind: str, index: int
+) -> int | None:
     """Map `sing-box check`'s `outbound[N]` or `endpoint[N]` back to the batch."""
     is_endpoint = kind == "endpoint"
-    positions = [i for i, ob in enumerate(outbounds) if (ob["type"] == "wireguard") == is_endpoint]
+    positions = [
+        i
+        for i, ob in enumerate(outbounds)
+        if (ob["type"] == "wireguard") == is_endpoint
+    ]
     return positions[index] if index < len(positions) else None
 
 
 class ProxyTester:
     """Tests proxies in batches, one core process per batch."""
 
-    def __init__(self, core: Core, settings: ProbeSettings, progress: Progress | None = None):
+    def __init__(
+        self, core: Core, settings: ProbeSettings, progress: Progress | None = None
+    ):
         self.core = core
         self.settings = settings
         self.progress = progress or (lambda done: None)
@@ -157,7 +174,9 @@ class ProxyTester:
         runnable: list[tuple[Proxy, dict[str, Any]]] = []
         for proxy in proxies:
             try:
-                outbound = to_outbound(proxy, f"p-{len(runnable)}", has_utls=self.core.has_utls)
+                outbound = to_outbound(
+                    proxy, f"p-{len(runnable)}", has_utls=self.core.has_utls
+                )
             except Unrepresentable as exc:
                 results[proxy] = ProbeResult(Status.UNTESTABLE, reason=exc.reason)
                 self.progress(1)
@@ -169,7 +188,9 @@ class ProxyTester:
         return results
 
     async def _loadable(
-        self, batch: list[tuple[Proxy, dict[str, Any]]], results: dict[Proxy, ProbeResult]
+        self,
+        batch: list[tuple[Proxy, dict[str, Any]]],
+        results: dict[Proxy, ProbeResult],
     ) -> list[tuple[Proxy, dict[str, Any]]]:
         # `sing-box check` names the first outbound it cannot load; drop it
         # as untestable and ask again, so one bad config never costs the
@@ -185,8 +206,12 @@ class ProxyTester:
             if index is None:
                 raise CoreError("sing-box rejects the batch config", message)
             proxy = batch[index][0]
-            reason = _scrub(message.split(f"{found[0]}[{found[1]}]:", 1)[-1].strip(), proxy)
-            results[proxy] = ProbeResult(Status.UNTESTABLE, reason=f"core refused: {reason}"[:300])
+            reason = _scrub(
+                message.split(f"{found[0]}[{found[1]}]:", 1)[-1].strip(), proxy
+            )
+            results[proxy] = ProbeResult(
+                Status.UNTESTABLE, reason=f"core refused: {reason}"[:300]
+            )
             self.progress(1)
             batch = batch[:index] + batch[index + 1 :]
         half = len(batch) // 2
@@ -209,7 +234,13 @@ class ProxyTester:
             async with self.limit:
                 result = await _probe_one(ports[index], self.settings, self.context)
             proxy = batch[index][0]
-            log.debug("%s %s: %s %s", proxy.protocol, proxy.endpoint, result.status, result.reason)
+            log.debug(
+                "%s %s: %s %s",
+                proxy.protocol,
+                proxy.endpoint,
+                result.status,
+                result.reason,
+            )
             results[proxy] = result
             self.progress(1)
 

@@ -75,13 +75,19 @@ def locate_core(path: str | os.PathLike[str] | None = None) -> Core:
         raise CoreError(f"sing-box binary at {binary} is not executable")
     try:
         done = subprocess.run(
-            [str(binary), "version"], capture_output=True, text=True, timeout=10, check=False
+            [str(binary), "version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CoreError(f"sing-box at {binary} did not run: {exc}") from exc
     match = re.search(r"sing-box version (\S+)", done.stdout)
     if done.returncode != 0 or not match:
-        raise CoreError(f"{binary} does not identify itself as sing-box", done.stderr[-STDERR_TAIL:])
+        raise CoreError(
+            f"{binary} does not identify itself as sing-box", done.stderr[-STDERR_TAIL:]
+        )
     tags = re.search(r"Tags:\s*(\S+)", done.stdout)
     return Core(
         path=binary,
@@ -218,7 +224,9 @@ async def _wait_ready(
     while pending:
         if proc.returncode is not None:
             tail = stderr_path.read_text(errors="replace")[-STDERR_TAIL:]
-            raise CoreError(f"sing-box exited with code {proc.returncode} at start", tail)
+            raise CoreError(
+                f"sing-box exited with code {proc.returncode} at start", tail
+            )
         if time.monotonic() > deadline:
             raise CoreError(f"sing-box did not listen within {START_TIMEOUT:.0f} s")
         if await asyncio.to_thread(_is_listening, pending[-1]):

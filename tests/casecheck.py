@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from configstream.errors import SourceError
-from configstream.parse import parse_body, parse_link
 from configstream.outbound import to_outbound
+from configstream.parse import parse_body, parse_link
 from configstream.render.clash import to_clash
 from configstream.render.links import to_link
 
@@ -25,8 +25,10 @@ def assert_subset(expected: Any, actual: Any, path: str = "") -> None:
             assert key in actual, f"{path}.{key} missing in {actual!r}"
             assert_subset(value, actual[key], f"{path}.{key}")
     elif isinstance(expected, list) and expected and isinstance(expected[0], dict):
-        assert isinstance(actual, list) and len(actual) == len(expected), f"{path}: {actual!r}"
-        for index, (want, got) in enumerate(zip(expected, actual)):
+        assert isinstance(actual, list) and len(actual) == len(expected), (
+            f"{path}: {actual!r}"
+        )
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
             assert_subset(want, got, f"{path}[{index}]")
     else:
         assert expected == actual, f"{path}: expected {expected!r}, got {actual!r}"
@@ -41,7 +43,9 @@ def check_case(case: dict[str, Any]) -> None:
         except SourceError as exc:
             assert str(exc), "a rejection must say why"
             return
-        assert not report.proxies, f"rejected input produced {len(report.proxies)} proxies"
+        assert not report.proxies, (
+            f"rejected input produced {len(report.proxies)} proxies"
+        )
         assert report.rejections, "rejected input must report a reason"
         if "reason" in expected:
             assert report.rejections[0].reason == expected["reason"]
@@ -60,4 +64,7 @@ def check_case(case: dict[str, Any]) -> None:
         assert again == proxy and again.name == proxy.name
     if "clash" in expected and report.proxies:
         first = report.proxies[0]
-        assert_subset(expected["clash"], to_clash(first, expected["clash"].get("name", first.name)))
+        assert_subset(
+            expected["clash"],
+            to_clash(first, expected["clash"].get("name", first.name)),
+        )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from configstream.demo import World, start_world
 from configstream.singbox import Core, locate_core
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +36,50 @@ def corpus_files() -> list[Path]:
 def core() -> Core:
     """The bundled sing-box core."""
     return locate_core()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `configstream ARGS` in a child process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "configstream.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+
+
+@pytest.fixture(scope="session")
+def world() -> Iterator[World]:
+    """The demo world, running on loopback for the whole session."""
+    with start_world() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def demo_run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tested `configstream run --verbose` over the world: out/, cache/, log.txt."""
+    folder = tmp_path_factory.mktemp("demo-run")
+    done = run_cli(
+        "run",
+        "--sources",
+        str(world.sources_file),
+        "--output",
+        "out",
+        "--cache",
+        "cache",
+        "--test-url",
+        world.test_url,
+        "--trace-url",
+        world.trace_url,
+        "--geoip",
+        str(world.geoip),
+        "--timeout",
+        "3",
+        "--verbose",
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder / "log.txt").write_text(done.stdout + done.stderr)
+    return folder

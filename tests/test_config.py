@@ -21,8 +21,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
-    path = _write(tmp_path, "sources:\n  - {name: a, url: https://example.com/a}\n"
-                            "  - {name: b, url: local.txt, format: base64, enabled: false}\n")
+    path = _write(
+        tmp_path,
+        "sources:\n  - {name: a, url: https://example.com/a}\n"
+        "  - {name: b, url: local.txt, format: base64, enabled: false}\n",
+    )
     first, second = load_sources(path)
     assert (first.format, first.enabled, first.is_remote) == ("auto", True, True)
     assert second.url == str(tmp_path / "local.txt") and not second.enabled
@@ -31,22 +34,39 @@ def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("sources:\n  - {name: a, url: https://x.test/a, format: yaml}\n",
-         "sources[0] (a): 'format' must be one of"),
-        ("sources:\n  - {name: a, url: https://x.test/a}\n  - {name: a, url: https://x.test/b}\n",
-         "sources[1]: duplicate name 'a'"),
+        (
+            "sources:\n  - {name: a, url: https://x.test/a, format: yaml}\n",
+            "sources[0] (a): 'format' must be one of",
+        ),
+        (
+            "sources:\n  - {name: a, url: https://x.test/a}\n  - {name: a, url: https://x.test/b}\n",
+            "sources[1]: duplicate name 'a'",
+        ),
         ("sources:\n  - {url: https://x.test/a}\n", "sources[0]: 'name' must be"),
-        ("sources:\n  - {name: a}\n", "sources[0] (a): 'url' must be a non-empty string"),
-        ("sources:\n  - {name: a, url: ftp://x.test/a}\n", "scheme must be http or https"),
-        ("sources:\n  - {name: a, url: https://x.test/a, enabled: maybe}\n",
-         "'enabled' must be true or false"),
-        ("sources:\n  - {name: a, url: https://x.test/a, colour: red}\n", "unknown field(s) colour"),
+        (
+            "sources:\n  - {name: a}\n",
+            "sources[0] (a): 'url' must be a non-empty string",
+        ),
+        (
+            "sources:\n  - {name: a, url: ftp://x.test/a}\n",
+            "scheme must be http or https",
+        ),
+        (
+            "sources:\n  - {name: a, url: https://x.test/a, enabled: maybe}\n",
+            "'enabled' must be true or false",
+        ),
+        (
+            "sources:\n  - {name: a, url: https://x.test/a, colour: red}\n",
+            "unknown field(s) colour",
+        ),
         ("sources:\n  - just-a-string\n", "sources[0]: must be a mapping"),
         ("items: []\n", "must have a top-level 'sources:' list"),
         ("sources: [\n", "not valid YAML"),
     ],
 )
-def test_bad_file_names_entry_and_problem(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_file_names_entry_and_problem(
+    tmp_path: Path, text: str, message: str
+) -> None:
     with pytest.raises(SettingsError) as caught:
         load_sources(_write(tmp_path, text))
     assert message in str(caught.value)
@@ -57,20 +77,29 @@ def test_shipped_sources_file_is_valid() -> None:
     sources = load_sources(REPO / "sources.yml")
     assert 200 <= len(sources) <= 300
     assert all(s.is_remote for s in sources)
-    owners = {s.url.split("/")[3].lower() for s in sources if "githubusercontent" in s.url}
+    owners = {
+        s.url.split("/")[3].lower() for s in sources if "githubusercontent" in s.url
+    }
     assert len(owners) > 50
 
 
 def test_networks_parse_and_reject() -> None:
     assert [str(n) for n in parse_networks(["127.0.0.0/8,::1/128", " "])] == [
-        "127.0.0.0/8", "::1/128"]
+        "127.0.0.0/8",
+        "::1/128",
+    ]
     with pytest.raises(SettingsError, match="not-a-net"):
         parse_networks(["not-a-net"])
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "configstream.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "configstream.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_unreadable_sources_file_exits_non_zero_with_one_line(tmp_path: Path) -> None:
@@ -96,8 +125,11 @@ def test_failed_sources_do_not_fail_the_run(tmp_path: Path) -> None:
     """A missing file and a bad body are counted; the run still exits 0."""
     (tmp_path / "good.txt").write_text("trojan://pw@127.0.0.1:9?sni=x.test#t\n")
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 8)
-    _write(tmp_path, "sources:\n  - {name: good, url: good.txt}\n"
-                     "  - {name: gone, url: gone.txt}\n  - {name: junk, url: junk.bin}\n")
+    _write(
+        tmp_path,
+        "sources:\n  - {name: good, url: good.txt}\n"
+        "  - {name: gone, url: gone.txt}\n  - {name: junk, url: junk.bin}\n",
+    )
     done = _cli("run", "--no-test", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     import json

@@ -68,21 +68,36 @@ def test_json_target_lists_every_proxy() -> None:
 
 
 def test_names_lose_control_characters_and_stay_unique() -> None:
-    body = ("trojan://a@203.0.113.1:443?sni=example.com#bad%07name%0A\n"
-            "trojan://b@203.0.113.2:443?sni=example.com#bad%07name\n"
-            "trojan://c@203.0.113.3:443?sni=example.com\n")
+    body = (
+        "trojan://a@203.0.113.1:443?sni=example.com#bad%07name%0A\n"
+        "trojan://b@203.0.113.2:443?sni=example.com#bad%07name\n"
+        "trojan://c@203.0.113.3:443?sni=example.com\n"
+    )
     records = json.loads(convert([("x", body.encode())], "json").text)
-    assert [r["name"] for r in records] == ["badname", "badname 2", "trojan 203.0.113.3:443"]
+    assert [r["name"] for r in records] == [
+        "badname",
+        "badname 2",
+        "trojan 203.0.113.3:443",
+    ]
 
 
 def _cli(*args: str, stdin: str = "", cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "configstream.cli", "convert", *args],
-                          input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "configstream.cli", "convert", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
 
 
 def test_cli_reports_bad_lines_without_secrets(tmp_path: Path) -> None:
     """Failed lines go to stderr with their number and reason, never a credential."""
-    body = LINK_WITH_SECRET + "vless://s3cret-uuid-that-is-far-too-long-to-map-01234@x.example.com:0#b\n"
+    body = (
+        LINK_WITH_SECRET
+        + "vless://s3cret-uuid-that-is-far-too-long-to-map-01234@x.example.com:0#b\n"
+    )
     done = _cli("-", "--to", "clash", stdin=body, cwd=tmp_path)
     assert done.returncode == 0
     assert "stdin: line 2: " in done.stderr

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,8 +14,6 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
-
-from configstream.demo import World, start_world
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,31 +32,10 @@ SCREENSHOT_COPY = Path("/tmp/dashboard.png")
 COUNTRY = "JP"
 
 
-def _configstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "configstream.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ),
-    )
-
-
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    with start_world() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def output(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def output(demo_run: Path) -> Path:
     """The output folder of a tested run over the demo world."""
-    folder = tmp_path_factory.mktemp("demo")
-    done = _configstream(
-        "run", "--sources", str(world.sources_file), "--output", "out",
-        "--cache", "cache", "--test-url", world.test_url,
-        "--trace-url", world.trace_url, "--geoip", str(world.geoip), "--timeout", "3",
-        cwd=folder,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "out"
+    return demo_run / "out"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -116,7 +90,9 @@ class Visit:
 def visit(browser: Browser, site: str) -> Iterator[Visit]:
     """index.html loaded in a fresh context that may reach the test site only."""
     context = browser.new_context(viewport={"width": 1280, "height": 720})
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.rstrip("/"))
+    context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=site.rstrip("/")
+    )
     page = context.new_page()
     seen = Visit(page)
 
@@ -134,7 +110,9 @@ def visit(browser: Browser, site: str) -> Iterator[Visit]:
             "/favicon.ico"
         ):
             where = message.location
-            seen.errors.append(f"{message.text} ({where.get('url')}:{where.get('lineNumber')})")
+            seen.errors.append(
+                f"{message.text} ({where.get('url')}:{where.get('lineNumber')})"
+            )
 
     context.route("**/*", guard)
     page.on("console", on_console)

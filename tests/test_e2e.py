@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,43 +10,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configstream.demo import World, start_world
+from configstream.demo import World
 from configstream.models import Status
 from configstream.parse import parse_body
-from tests.conftest import CORPUS, corpus_files
-
-
-def _configstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "configstream.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ),
-    )
+from tests.conftest import CORPUS, corpus_files, run_cli
 
 
 @pytest.fixture(scope="module")
-def world() -> World:
-    with start_world() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def run_output(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("run")
-    done = _configstream(
-        "run", "--sources", str(world.sources_file), "--output", str(folder / "out"),
-        "--cache", str(folder / "cache"), "--test-url", world.test_url,
-        "--trace-url", world.trace_url, "--geoip", str(world.geoip), "--timeout", "3",
-        "--verbose", cwd=folder,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (folder / "log.txt").write_text(done.stdout + done.stderr)
-    return folder
+def run_output(demo_run: Path) -> Path:
+    return demo_run
 
 
 def test_exactly_the_live_servers_are_alive(world: World, run_output: Path) -> None:
     """Alive = the world's live servers, each with its own exit IP and country."""
     proxies = json.loads((run_output / "out" / "proxies.json").read_text())
-    found = sorted((p["protocol"], p["port"], p["exit_ip"], p["country"]) for p in proxies)
+    found = sorted(
+        (p["protocol"], p["port"], p["exit_ip"], p["country"]) for p in proxies
+    )
     expected = sorted((s.protocol, s.port, s.exit_ip, s.country) for s in world.live)
     assert found == expected
     assert all(p["status"] == "alive" and p["latency_ms"] > 0 for p in proxies)
@@ -62,10 +41,13 @@ def test_stats_count_every_outcome(world: World, run_output: Path) -> None:
     assert stats["test"]["skipped"] == world.skipped
     assert stats["fetch"] == {"sources": 6, "disabled": 0, "ok": 5, "failed": 1}
     assert stats["parse"]["unreadable_sources"] == 1
-    assert "REALITY needs uTLS, which this sing-box build lacks" in stats["test"][
-        "untestable_by_reason"
-    ]
-    assert stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    assert (
+        "REALITY needs uTLS, which this sing-box build lacks"
+        in stats["test"]["untestable_by_reason"]
+    )
+    assert (
+        stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    )
 
 
 def test_subscriptions_hold_the_alive_proxies(world: World, run_output: Path) -> None:
@@ -75,7 +57,11 @@ def test_subscriptions_hold_the_alive_proxies(world: World, run_output: Path) ->
     encoded = parse_body((out / "sub_base64.txt").read_bytes())
     clash = parse_body((out / "clash.yaml").read_bytes())
     singbox = parse_body((out / "singbox.json").read_bytes())
-    assert encoded.shape == "base64" and clash.shape == "clash" and singbox.shape == "singbox"
+    assert (
+        encoded.shape == "base64"
+        and clash.shape == "clash"
+        and singbox.shape == "singbox"
+    )
     for report in (plain, encoded, clash, singbox):
         assert set(report.proxies) == set(plain.proxies)
         assert len(report.proxies) == len(world.live)
@@ -100,24 +86,41 @@ def test_cache_records_the_run(run_output: Path) -> None:
 
 def test_demo_command_reports_all_live_servers(tmp_path: Path) -> None:
     """`configstream demo` finds every live server and writes every output."""
-    done = _configstream("demo", "--output", "out", "--cache", "cache", cwd=tmp_path)
+    done = run_cli("demo", "--output", "out", "--cache", "cache", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "8 live servers, 8 reported alive" in done.stdout
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"proxies.json", "stats.json", "sub.txt", "sub_base64.txt", "clash.yaml",
-            "singbox.json", "index.html", "manifest.json"} <= names
+    assert {
+        "proxies.json",
+        "stats.json",
+        "sub.txt",
+        "sub_base64.txt",
+        "clash.yaml",
+        "singbox.json",
+        "index.html",
+        "manifest.json",
+    } <= names
 
 
 def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
     """--no-test over the whole corpus: every candidate is parsed or rejected."""
-    sources = [{"name": f"corpus-{i}", "url": str(path)} for i, path in enumerate(corpus_files())]
+    sources = [
+        {"name": f"corpus-{i}", "url": str(path)}
+        for i, path in enumerate(corpus_files())
+    ]
     (tmp_path / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
-    done = _configstream("run", "--no-test", "--output", "out", "--cache", "cache", cwd=tmp_path)
+    done = run_cli(
+        "run", "--no-test", "--output", "out", "--cache", "cache", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    counts = json.loads((Path(__file__).parent / "data" / "corpus_counts.json").read_text())
+    counts = json.loads(
+        (Path(__file__).parent / "data" / "corpus_counts.json").read_text()
+    )
     assert stats["parse"]["found"] == sum(v["found"] for v in counts.values())
-    assert stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    assert (
+        stats["parse"]["found"] == stats["parse"]["parsed"] + stats["parse"]["rejected"]
+    )
     # Line-based files: every line is ignored (blank, comment) or holds a
     # candidate, which is parsed or rejected with a reason.
     for row in stats["sources"]:
@@ -146,16 +149,32 @@ def test_sigterm_mid_run_leaves_no_core_behind(tmp_path: Path) -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "configstream.cli", "demo", "--timeout", "8",
-         "--output", "out", "--cache", "cache"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "configstream.cli",
+            "demo",
+            "--timeout",
+            "8",
+            "--output",
+            "out",
+            "--cache",
+            "cache",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     cores: set[int] = set()
     deadline = time.monotonic() + 30
     # The world's server core starts first, then the tester's core.
     while len(cores) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        cores = {c for c in _children(proc.pid)
-                 if "sing-box" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")}
+        cores = {
+            c
+            for c in _children(proc.pid)
+            if "sing-box" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+        }
         time.sleep(0.05)
     assert len(cores) == 2, "the demo did not start its two cores"
     time.sleep(1.0)

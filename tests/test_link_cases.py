@@ -18,7 +18,11 @@ def _load() -> list[Any]:
     cases = []
     for path in [SHARED_CASES, *OWN_CASES]:
         for case in json.loads(path.read_text(encoding="utf-8")):
-            marks = [pytest.mark.xfail(strict=True, reason=case["xfail"])] if "xfail" in case else []
+            marks = (
+                [pytest.mark.xfail(strict=True, reason=case["xfail"])]
+                if "xfail" in case
+                else []
+            )
             cases.append(pytest.param(case, id=case["id"], marks=marks))
     ids = [param.id for param in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique across all files"

@@ -46,7 +46,9 @@ def test_every_proxy_survives_link_round_trip(path: Path) -> None:
         link = to_link(proxy)
         assert link, f"{proxy.protocol} has no link form"
         again = parse_link(link)
-        assert again == proxy, f"{proxy.protocol} {proxy.endpoint} changed in a round trip"
+        assert again == proxy, (
+            f"{proxy.protocol} {proxy.endpoint} changed in a round trip"
+        )
         assert again.name == proxy.name
 
 

@@ -42,10 +42,26 @@ def _https_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """An HTTPS server on 127.0.0.1 with a self-signed certificate for that IP."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -63,8 +79,16 @@ def _https_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def _ss_server_config(port: int) -> dict[str, Any]:
     return {
         "log": {"level": "error"},
-        "inbounds": [{"type": "shadowsocks", "tag": "ss", "listen": "127.0.0.1",
-                      "listen_port": port, "method": "aes-128-gcm", "password": PASSWORD}],
+        "inbounds": [
+            {
+                "type": "shadowsocks",
+                "tag": "ss",
+                "listen": "127.0.0.1",
+                "listen_port": port,
+                "method": "aes-128-gcm",
+                "password": PASSWORD,
+            }
+        ],
         "outbounds": [{"type": "direct", "tag": "direct"}],
     }
 
@@ -81,18 +105,22 @@ def test_https_test_url_verified_with_ssl_cert_file(
 ) -> None:
     """An https test URL works through a proxy when SSL_CERT_FILE trusts its cert."""
     [server_port] = reserve_ports(1)
-    good = Proxy("shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm",
-                 password=PASSWORD)
+    good = Proxy(
+        "shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm", password=PASSWORD
+    )
     with _https_server(tmp_path) as (https_port, cert):
         settings = ProbeSettings(
             test_url=f"https://127.0.0.1:{https_port}/generate_204",
             trace_url=f"https://127.0.0.1:{https_port}/cdn-cgi/trace",
-            timeout=5, concurrency=4,
+            timeout=5,
+            concurrency=4,
         )
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         trusted = asyncio.run(_test_through_server(core, [good], settings, server_port))
         monkeypatch.delenv("SSL_CERT_FILE")
-        untrusted = asyncio.run(_test_through_server(core, [good], settings, server_port))
+        untrusted = asyncio.run(
+            _test_through_server(core, [good], settings, server_port)
+        )
     assert trusted[good].status is Status.ALIVE
     assert trusted[good].exit_ip == "127.0.0.1"
     assert untrusted[good].status is Status.DEAD
@@ -101,22 +129,37 @@ def test_https_test_url_verified_with_ssl_cert_file(
 def test_config_the_core_refuses_does_not_cost_the_batch(core: Core) -> None:
     """A config sing-box cannot load is untestable; the rest of its batch is tested."""
     [server_port, closed] = reserve_ports(2)
-    good = Proxy("shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm",
-                 password=PASSWORD)
-    refused = Proxy("shadowsocks", "127.0.0.1", server_port, method="no-such-cipher",
-                    password=PASSWORD)
-    wrong = Proxy("shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm",
-                  password="not-the-password")
-    nothing = Proxy("shadowsocks", "127.0.0.1", closed, method="aes-128-gcm",
-                    password=PASSWORD)
+    good = Proxy(
+        "shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm", password=PASSWORD
+    )
+    refused = Proxy(
+        "shadowsocks",
+        "127.0.0.1",
+        server_port,
+        method="no-such-cipher",
+        password=PASSWORD,
+    )
+    wrong = Proxy(
+        "shadowsocks",
+        "127.0.0.1",
+        server_port,
+        method="aes-128-gcm",
+        password="not-the-password",
+    )
+    nothing = Proxy(
+        "shadowsocks", "127.0.0.1", closed, method="aes-128-gcm", password=PASSWORD
+    )
     with _plain_server() as http_port:
         settings = ProbeSettings(
             test_url=f"http://127.0.0.1:{http_port}/generate_204",
             trace_url=f"http://127.0.0.1:{http_port}/cdn-cgi/trace",
-            timeout=3, concurrency=4,
+            timeout=3,
+            concurrency=4,
         )
         results = asyncio.run(
-            _test_through_server(core, [refused, good, wrong, nothing], settings, server_port)
+            _test_through_server(
+                core, [refused, good, wrong, nothing], settings, server_port
+            )
         )
     assert results[refused].status is Status.UNTESTABLE
     assert "no-such-cipher" in results[refused].reason

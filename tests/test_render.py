@@ -5,12 +5,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import re
-import subprocess
-import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +17,12 @@ import yaml
 from jsonschema import Draft7Validator, ValidationError
 from referencing import Registry, Resource
 
-from configstream.demo import World, start_world
 from configstream.errors import OutputError
 from configstream.models import Entry
 from configstream.parse import parse_body
 from configstream.render import write_outputs
 from configstream.singbox import Core, check_config_file
-from tests.conftest import CORPUS, SHARED, corpus_files
+from tests.conftest import CORPUS, SHARED, corpus_files, run_cli
 
 MIHOMO_SCHEMA = SHARED / "schemas" / "mihomo-config.schema.json"
 # One file of each shape (plain, base64, Clash, sing-box) and together every
@@ -54,31 +50,10 @@ GROUP_TYPES = {"selector", "urltest", "direct"}
 RUNS = ["demo_output", "corpus_output"]
 
 
-def _configstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "configstream.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ),
-    )
-
-
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    with start_world() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def demo_output(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_output(demo_run: Path) -> Path:
     """The output folder of a tested run over the demo world."""
-    folder = tmp_path_factory.mktemp("demo")
-    done = _configstream(
-        "run", "--sources", str(world.sources_file), "--output", "out",
-        "--cache", "cache", "--test-url", world.test_url,
-        "--trace-url", world.trace_url, "--geoip", str(world.geoip), "--timeout", "3",
-        cwd=folder,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "out"
+    return demo_run / "out"
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +67,9 @@ def corpus_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "plugins.txt").write_bytes(b"\n".join(_plugin_links()) + b"\n")
     sources.append({"name": "ss-plugins", "url": str(folder / "plugins.txt")})
     (folder / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
-    done = _configstream("run", "--no-test", "--output", "out", "--cache", "cache",
-                         cwd=folder)
+    done = run_cli(
+        "run", "--no-test", "--output", "out", "--cache", "cache", cwd=folder
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "out"
 
@@ -139,7 +115,8 @@ def _causes(error: ValidationError) -> list[ValidationError]:
     for sub in error.context:
         branches[sub.relative_schema_path[0]].append(sub)
     meant = [
-        subs for subs in branches.values()
+        subs
+        for subs in branches.values()
         if not any(list(sub.relative_path) == ["type"] for sub in subs)
     ]
     if len(meant) != 1:
@@ -152,12 +129,16 @@ def _describe(errors: Sequence[tuple[str, ValidationError]]) -> str:
     causes = [(where, cause) for where, error in errors for cause in _causes(error)]
     lines = [f"{len(errors)} schema errors; the first causes:"]
     for where, cause in causes[:SHOWN_ERRORS]:
-        path = "/".join(str(part) for part in [where, *cause.absolute_path] if part != "")
+        path = "/".join(
+            str(part) for part in [where, *cause.absolute_path] if part != ""
+        )
         lines.append(f"  {path or '<root>'}: {cause.message[:300]}")
     return "\n".join(lines)
 
 
-def _document_errors(schema: dict[str, Any], document: Any) -> list[tuple[str, ValidationError]]:
+def _document_errors(
+    schema: dict[str, Any], document: Any
+) -> list[tuple[str, ValidationError]]:
     return [("", error) for error in Draft7Validator(schema).iter_errors(document)]
 
 
@@ -224,10 +205,14 @@ def test_corpus_singbox_passes_core_check(
         for outbound in config["outbounds"]
         if {"utls", "reality"} & set(outbound.get("tls", {}))
     }
-    config["outbounds"] = [ob for ob in config["outbounds"] if ob["tag"] not in needs_utls]
+    config["outbounds"] = [
+        ob for ob in config["outbounds"] if ob["tag"] not in needs_utls
+    ]
     for outbound in config["outbounds"]:
         if "outbounds" in outbound:
-            outbound["outbounds"] = [t for t in outbound["outbounds"] if t not in needs_utls]
+            outbound["outbounds"] = [
+                t for t in outbound["outbounds"] if t not in needs_utls
+            ]
     assert len(config["outbounds"]) > len(needs_utls) > 0
     checked = tmp_path / "singbox.json"
     checked.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
@@ -252,9 +237,15 @@ def test_names_are_unique_and_shared_across_files(output: Path) -> None:
         if ob["type"] not in GROUP_TYPES
     ]
     left_out = _load_json(output, "stats.json")["output"]["left_out"]
-    for label, names in (("proxies.json", records), ("clash", clash), ("singbox", singbox)):
+    for label, names in (
+        ("proxies.json", records),
+        ("clash", clash),
+        ("singbox", singbox),
+    ):
         assert len(names) == len(set(names)), f"{label} repeats a name"
-        missing = sum(n for reason, n in left_out.items() if reason.startswith(f"{label}:"))
+        missing = sum(
+            n for reason, n in left_out.items() if reason.startswith(f"{label}:")
+        )
         assert set(names) <= set(records)
         assert len(records) - len(names) == missing, label
 
@@ -270,7 +261,9 @@ def test_manifest_lists_every_file_with_its_size(output: Path) -> None:
     manifest = _load_json(output, "manifest.json")
     listed = {f["name"]: f["size"] for f in manifest["files"]}
     assert len(listed) == len(manifest["files"])
-    on_disk = {p.name: p.stat().st_size for p in output.iterdir() if p.name != "manifest.json"}
+    on_disk = {
+        p.name: p.stat().st_size for p in output.iterdir() if p.name != "manifest.json"
+    }
     assert listed == on_disk
 
 
@@ -305,7 +298,9 @@ def previous_set(tmp_path: Path) -> dict[str, bytes]:
 
 def _files(folder: Path) -> dict[str, bytes]:
     """Each entry's bytes; a folder (a left-over staging one) shows as a marker."""
-    return {p.name: p.read_bytes() if p.is_file() else b"<folder>" for p in folder.iterdir()}
+    return {
+        p.name: p.read_bytes() if p.is_file() else b"<folder>" for p in folder.iterdir()
+    }
 
 
 def test_failed_render_keeps_previous_output(
@@ -319,7 +314,9 @@ def test_failed_render_keeps_previous_output(
 
     monkeypatch.setattr(jinja2.Template, "render", broken_render)
     with pytest.raises(RuntimeError, match="on purpose"):
-        write_outputs(tmp_path / "out", _entries(), _stats(), test_url="http://127.0.0.1/new")
+        write_outputs(
+            tmp_path / "out", _entries(), _stats(), test_url="http://127.0.0.1/new"
+        )
     assert _files(tmp_path / "out") == previous_set
 
 
@@ -340,6 +337,8 @@ def test_failed_write_keeps_previous_output(
 
     monkeypatch.setattr(Path, "write_text", failing_write)
     with pytest.raises(OutputError, match="No space left"):
-        write_outputs(tmp_path / "out", _entries(), _stats(), test_url="http://127.0.0.1/new")
+        write_outputs(
+            tmp_path / "out", _entries(), _stats(), test_url="http://127.0.0.1/new"
+        )
     assert len(calls) == 3
     assert _files(tmp_path / "out") == previous_set

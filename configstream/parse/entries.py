@@ -12,15 +12,15 @@ from typing import Any
 
 from configstream.errors import LinkError
 from configstream.models import Proxy, Tls, Transport
-from configstream.parse.validate import validate
 from configstream.parse.links import (
     _check_host,
-    _default_sni,
     _check_port,
+    _default_sni,
     _flag,
     _port_ranges,
     build_transport,
 )
+from configstream.parse.validate import validate
 
 # The outbound fields each sing-box proxy type uses.
 _SINGBOX_FIELDS = {
@@ -97,7 +97,9 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
         transport = build_transport("ws", path=path, host=_host_header(headers))
         early = _int(opts.get("max-early-data"), "max-early-data")
         if transport is not None and early:
-            header = _text(opts.get("early-data-header-name")) or "Sec-WebSocket-Protocol"
+            header = (
+                _text(opts.get("early-data-header-name")) or "Sec-WebSocket-Protocol"
+            )
             transport = Transport(
                 type="ws",
                 path=transport.path,
@@ -108,9 +110,13 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
         return transport
     if network == "grpc":
         opts = _mapping(entry.get("grpc-opts"))
-        return build_transport("grpc", service_name=_text(opts.get("grpc-service-name")))
+        return build_transport(
+            "grpc", service_name=_text(opts.get("grpc-service-name"))
+        )
     if network in {"h2", "http"}:
-        opts = _mapping(entry.get("h2-opts") if network == "h2" else entry.get("http-opts"))
+        opts = _mapping(
+            entry.get("h2-opts") if network == "h2" else entry.get("http-opts")
+        )
         headers = _mapping(opts.get("headers"))
         host = _joined(opts.get("host")) or _host_header(headers)
         if network == "http":
@@ -129,10 +135,19 @@ def _clash_transport(entry: Mapping[str, Any]) -> Transport | None:
 
 
 def _wireguard_options(
-    *, public_key: str, addresses: list[str], reserved: Any, mtu: str, pre_shared_key: str
+    *,
+    public_key: str,
+    addresses: list[str],
+    reserved: Any,
+    mtu: str,
+    pre_shared_key: str,
 ) -> tuple[tuple[str, str], ...]:
     def with_prefix(address: str) -> str:
-        return address if "/" in address else address + ("/128" if ":" in address else "/32")
+        return (
+            address
+            if "/" in address
+            else address + ("/128" if ":" in address else "/32")
+        )
 
     if isinstance(reserved, list):
         reserved = ",".join(str(x).strip() for x in reserved)
@@ -152,7 +167,8 @@ def _clash_tls(entry: Mapping[str, Any], default_on: bool) -> Tls | None:
     reality = _mapping(entry.get("reality-opts"))
     server = _text(entry.get("server")).lower()
     return Tls(
-        server_name=_text(entry.get("servername") or entry.get("sni")) or _default_sni(server),
+        server_name=_text(entry.get("servername") or entry.get("sni"))
+        or _default_sni(server),
         insecure=_flag(entry.get("skip-cert-verify")),
         alpn=_list(entry.get("alpn")),
         fingerprint=_text(entry.get("client-fingerprint")),
@@ -166,7 +182,10 @@ def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
     opts = _mapping(entry.get("plugin-opts"))
     if not plugin and entry.get("obfs"):
         # Legacy Clash wrote simple-obfs as top-level obfs / obfs-host keys.
-        plugin, opts = "obfs", {"mode": entry.get("obfs"), "host": entry.get("obfs-host")}
+        plugin, opts = (
+            "obfs",
+            {"mode": entry.get("obfs"), "host": entry.get("obfs-host")},
+        )
     if not plugin:
         return "", ""
     if plugin == "obfs":
@@ -246,7 +265,9 @@ def _clash_entry(entry: Any) -> Proxy:
         return Proxy(
             protocol="hysteria2",
             # Some converters put the auth string under `uuid`.
-            password=_text(entry.get("password") or entry.get("auth") or entry.get("uuid")),
+            password=_text(
+                entry.get("password") or entry.get("auth") or entry.get("uuid")
+            ),
             ports=ports,
             obfs=_text(entry.get("obfs")),
             obfs_password=_text(entry.get("obfs-password")),
@@ -284,11 +305,19 @@ def _clash_entry(entry: Any) -> Proxy:
             **base,
         )
     if kind == "anytls":
-        return Proxy(protocol="anytls", password=_text(entry.get("password")),
-                     tls=_clash_tls(entry, True), **base)
+        return Proxy(
+            protocol="anytls",
+            password=_text(entry.get("password")),
+            tls=_clash_tls(entry, True),
+            **base,
+        )
     if kind == "ssh":
-        return Proxy(protocol="ssh", username=_text(entry.get("username")),
-                     password=_text(entry.get("password")), **base)
+        return Proxy(
+            protocol="ssh",
+            username=_text(entry.get("username")),
+            password=_text(entry.get("password")),
+            **base,
+        )
     if kind == "wireguard":
         addresses = [_text(entry.get(k)) for k in ("ip", "ipv6") if _text(entry.get(k))]
         return Proxy(
@@ -316,7 +345,9 @@ def _clash_entry(entry: Any) -> Proxy:
             ),
             **base,
         )
-    raise LinkError("unsupported-type", f"clash proxy type {kind[:20]!r} is not supported")
+    raise LinkError(
+        "unsupported-type", f"clash proxy type {kind[:20]!r} is not supported"
+    )
 
 
 def _singbox_transport(data: Mapping[str, Any]) -> Transport | None:
@@ -355,15 +386,20 @@ def _singbox_tls(data: Mapping[str, Any], server: str) -> Tls | None:
         insecure=bool(data.get("insecure")),
         alpn=_list(data.get("alpn")),
         fingerprint=_text(utls.get("fingerprint")) if utls.get("enabled") else "",
-        reality_public_key=_text(reality.get("public_key")) if reality.get("enabled") else "",
-        reality_short_id=_text(reality.get("short_id")) if reality.get("enabled") else "",
+        reality_public_key=_text(reality.get("public_key"))
+        if reality.get("enabled")
+        else "",
+        reality_short_id=_text(reality.get("short_id"))
+        if reality.get("enabled")
+        else "",
     )
 
 
 def is_singbox_proxy(outbound: Any) -> bool:
     """Tell whether a sing-box outbound describes a server (not a selector)."""
     return not (
-        isinstance(outbound, Mapping) and _text(outbound.get("type")) in _SINGBOX_NON_PROXY
+        isinstance(outbound, Mapping)
+        and _text(outbound.get("type")) in _SINGBOX_NON_PROXY
     )
 
 
@@ -391,10 +427,14 @@ def _singbox_wireguard(endpoint: Mapping[str, Any]) -> Proxy:
         password=_text(endpoint.get("private_key")),
         options=_wireguard_options(
             public_key=_text(peer.get("public_key") or endpoint.get("peer_public_key")),
-            addresses=[_text(a) for a in addresses] if isinstance(addresses, list) else [],
+            addresses=[_text(a) for a in addresses]
+            if isinstance(addresses, list)
+            else [],
             reserved=peer.get("reserved") or endpoint.get("reserved"),
             mtu=_text(endpoint.get("mtu")),
-            pre_shared_key=_text(peer.get("pre_shared_key") or endpoint.get("pre_shared_key")),
+            pre_shared_key=_text(
+                peer.get("pre_shared_key") or endpoint.get("pre_shared_key")
+            ),
         ),
     )
 
@@ -406,10 +446,14 @@ def _singbox_outbound(outbound: Any) -> Proxy:
     if kind == "wireguard":
         return _singbox_wireguard(outbound)
     if kind not in _SINGBOX_FIELDS:
-        raise LinkError("unsupported-type", f"sing-box outbound type {kind[:20]!r} is not supported")
+        raise LinkError(
+            "unsupported-type", f"sing-box outbound type {kind[:20]!r} is not supported"
+        )
     obfs = _mapping(outbound.get("obfs"))
     obfs_password = _text(obfs.get("password")) if obfs else _text(outbound.get("obfs"))
-    ports = tuple(_text(item) for item in outbound.get("server_ports") or [] if _text(item))
+    ports = tuple(
+        _text(item) for item in outbound.get("server_ports") or [] if _text(item)
+    )
     server = _check_host(_text(outbound.get("server")))
     uses = _SINGBOX_FIELDS[kind]
     tls = _singbox_tls(_mapping(outbound.get("tls")), server)
@@ -433,9 +477,14 @@ def _singbox_outbound(outbound: Any) -> Proxy:
             _text(outbound.get("password") or outbound.get("auth_str"))
             or (_text(outbound.get("uuid")) if kind == "hysteria2" else ""),
         ),
-        username=field("username", _text(outbound.get("username") or outbound.get("user"))),
-        method=field("method", _text(outbound.get("method") or outbound.get("security"))
-                     or ("auto" if kind == "vmess" else "")),
+        username=field(
+            "username", _text(outbound.get("username") or outbound.get("user"))
+        ),
+        method=field(
+            "method",
+            _text(outbound.get("method") or outbound.get("security"))
+            or ("auto" if kind == "vmess" else ""),
+        ),
         alter_id=_int(outbound.get("alter_id"), "alter_id") if kind == "vmess" else 0,
         flow=field("flow", _text(outbound.get("flow"))),
         plugin=field("plugin", _text(outbound.get("plugin"))),

@@ -26,7 +26,6 @@ from configstream.parse.validate import check_host, validate
 MAX_LINK_LENGTH = 16_384
 
 
-
 @dataclass(slots=True)
 class _Parts:
     """A share link cut into its pieces, each already percent-decoded."""
@@ -126,7 +125,9 @@ def _check_port(text: str | int | None) -> int:
     try:
         port = int(str(text).strip())
     except (TypeError, ValueError):
-        raise LinkError("bad-port", f"port {str(text)[:20]!r} is not a number") from None
+        raise LinkError(
+            "bad-port", f"port {str(text)[:20]!r} is not a number"
+        ) from None
     if not 0 < port < 65536:
         raise LinkError("bad-port", f"port {port} is out of range")
     return port
@@ -200,7 +201,9 @@ def build_transport(
     if kind == "grpc":
         # 'gun' is the default gRPC mode; only a different one is worth keeping.
         options = tuple(item for item in options if item != ("mode", "gun"))
-        return Transport(type="grpc", service_name=service_name or path, options=options)
+        return Transport(
+            type="grpc", service_name=service_name or path, options=options
+        )
     if kind in {"http", "httpupgrade"}:
         # Both request '/' when no path is given; writing it keeps every
         # shape of the same config equal.
@@ -215,7 +218,8 @@ def _default_sni(host: str) -> str:
 
 def _tls_from_params(params: dict[str, str], default_sni: str = "") -> Tls:
     insecure = any(
-        _flag(params.get(key)) for key in ("allowInsecure", "insecure", "allow_insecure")
+        _flag(params.get(key))
+        for key in ("allowInsecure", "insecure", "allow_insecure")
     )
     return Tls(
         server_name=params.get("sni") or params.get("peer") or default_sni,
@@ -335,7 +339,11 @@ def _vmess_from_json(data: dict[str, object], name_hint: str) -> Proxy:
             # v2rayN uses the first Host as SNI when the link names none
             # (see parse.validate), else the server's name.
             server_name=text("sni")
-            or ("" if transport and transport.host else _default_sni(text("add").lower())),
+            or (
+                ""
+                if transport and transport.host
+                else _default_sni(text("add").lower())
+            ),
             insecure=_flag(data.get("allowInsecure") or data.get("insecure")),
             alpn=_alpn(text("alpn")),
             fingerprint=text("fp"),
@@ -435,7 +443,9 @@ def _ss_credentials(userinfo: str) -> tuple[str, str]:
     try:
         decoded = b64decode_lenient(unquote_lenient(userinfo)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
-        raise LinkError("bad-encoding", "ss userinfo is neither method:password nor base64") from None
+        raise LinkError(
+            "bad-encoding", "ss userinfo is neither method:password nor base64"
+        ) from None
     method, sep, password = decoded.partition(":")
     if not sep:
         raise LinkError("bad-encoding", "ss userinfo decodes to text without ':'")
@@ -615,7 +625,9 @@ def parse_socks(link: str) -> Proxy:
             try:
                 userinfo = b64decode_lenient(userinfo).decode("utf-8")
             except (ValueError, UnicodeDecodeError):
-                raise LinkError("bad-encoding", "socks userinfo is not base64") from None
+                raise LinkError(
+                    "bad-encoding", "socks userinfo is not base64"
+                ) from None
         username, _, password = userinfo.partition(":")
     return Proxy(
         protocol="socks",
@@ -690,16 +702,22 @@ def parse_wireguard(link: str) -> Proxy:
     private_key = unquote_lenient(parts.userinfo) or _list_param(
         params, "privatekey", "private_key", "secretkey", "privateKey"
     )
-    public_key = _list_param(params, "publickey", "public_key", "peer_public_key", "publicKey")
+    public_key = _list_param(
+        params, "publickey", "public_key", "peer_public_key", "publicKey"
+    )
     if not private_key or not public_key:
-        raise LinkError("missing-credential", "wireguard link lacks a private or public key")
+        raise LinkError(
+            "missing-credential", "wireguard link lacks a private or public key"
+        )
     options = [
         ("public-key", public_key),
         ("address", _list_param(params, "address", "local_address", "ip")),
         ("reserved", _list_param(params, "reserved")),
         ("mtu", params.get("mtu", "")),
-        ("pre-shared-key", _list_param(params, "presharedkey", "pre_shared_key",
-                                       "preSharedKey")),
+        (
+            "pre-shared-key",
+            _list_param(params, "presharedkey", "pre_shared_key", "preSharedKey"),
+        ),
     ]
     return Proxy(
         protocol="wireguard",
@@ -717,7 +735,9 @@ def _plain_proxy(protocol: str, link: str, *, tls: bool, version: str = "") -> P
     after_host = rest.rpartition("@")[2].partition("/")[2].partition("?")[0]
     if after_host.strip("/"):
         # 'https://t.me/channel' in a list is a web page, not a proxy.
-        raise LinkError("not-a-proxy", f"{protocol} link has a path, so it is a web address")
+        raise LinkError(
+            "not-a-proxy", f"{protocol} link has a path, so it is a web address"
+        )
     if not parts.port_text:
         raise LinkError("bad-port", f"{protocol} link has no port")
     username, _, password = unquote_lenient(parts.userinfo).partition(":")

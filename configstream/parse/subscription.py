@@ -77,7 +77,9 @@ def _to_text(body: bytes | str) -> str:
         text = body.decode("utf-8", errors="replace")
     text = text.lstrip("\ufeff")
     sample = text[:65536]
-    junk = sum(1 for ch in sample if ch == "\ufffd" or (ch < " " and ch not in "\r\n\t"))
+    junk = sum(
+        1 for ch in sample if ch == "\ufffd" or (ch < " " and ch not in "\r\n\t")
+    )
     if junk > BINARY_SHARE * len(sample):
         raise SourceError("body is binary data, not text")
     return text
@@ -128,10 +130,14 @@ def _collect(
                 raise known
             report.proxies.append(known)
         except LinkError as exc:
-            report.rejections.append(Rejection(exc.reason, exc.detail, f"{where} {index}"))
+            report.rejections.append(
+                Rejection(exc.reason, exc.detail, f"{where} {index}")
+            )
 
 
-def _parse_plain(text: str, shape: str = "plain", links_only: bool = False) -> ParseReport:
+def _parse_plain(
+    text: str, shape: str = "plain", links_only: bool = False
+) -> ParseReport:
     """Read a list of share links line by line.
 
     With `links_only`, lines without a link are page text, not rejections.
@@ -219,7 +225,9 @@ def _parse_json(data: Any) -> ParseReport | None:
         return _parse_plain("\n".join(data))
     if not isinstance(data, dict):
         return None
-    if isinstance(data.get("outbounds"), list) or isinstance(data.get("endpoints"), list):
+    if isinstance(data.get("outbounds"), list) or isinstance(
+        data.get("endpoints"), list
+    ):
         return _parse_singbox(data)
     if isinstance(data.get("proxies"), list):
         return _parse_clash([data])
@@ -232,8 +240,12 @@ def _try_yaml(text: str) -> ParseReport | None:
     try:
         docs = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise SourceError(f"body looks like Clash YAML but does not load: {exc}") from None
-    if not any(isinstance(d, dict) and isinstance(d.get("proxies"), list) for d in docs):
+        raise SourceError(
+            f"body looks like Clash YAML but does not load: {exc}"
+        ) from None
+    if not any(
+        isinstance(d, dict) and isinstance(d.get("proxies"), list) for d in docs
+    ):
         return None
     return _parse_clash(docs)
 

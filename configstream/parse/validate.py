@@ -34,12 +34,30 @@ PLUGIN_KEYS = {
     "obfs-local": ("obfs", "obfs-host"),
     "v2ray-plugin": ("mode", "tls", "host", "path", "mux"),
 }
-VMESS_SECURITY = frozenset({"auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305",
-                            "aes-128-cfb"})
+VMESS_SECURITY = frozenset(
+    {"auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305", "aes-128-cfb"}
+)
 FINGERPRINTS = frozenset(
-    {"chrome", "firefox", "safari", "ios", "android", "edge", "360", "qq", "random",
-     "randomized", "chrome_psk", "chrome_psk_shuffle", "chrome_padding_psk_shuffle",
-     "chrome_pq", "chrome_pq_psk", "firefox120", "chrome120", "safari16"}
+    {
+        "chrome",
+        "firefox",
+        "safari",
+        "ios",
+        "android",
+        "edge",
+        "360",
+        "qq",
+        "random",
+        "randomized",
+        "chrome_psk",
+        "chrome_psk_shuffle",
+        "chrome_padding_psk_shuffle",
+        "chrome_pq",
+        "chrome_pq_psk",
+        "firefox120",
+        "chrome120",
+        "safari16",
+    }
 )
 VLESS_FLOWS = frozenset({"", "xtls-rprx-vision", "xtls-rprx-vision-udp443"})
 # Xray maps a non-UUID id of 1 to 30 bytes to a UUID (SHA-1 in the nil
@@ -111,13 +129,18 @@ def _check_2022_key(method: str, password: str) -> None:
 
 def _check_wireguard(proxy: Proxy) -> None:
     options = dict(proxy.options)
-    for label, key in (("private", proxy.password), ("public", options.get("public-key", ""))):
+    for label, key in (
+        ("private", proxy.password),
+        ("public", options.get("public-key", "")),
+    ):
         try:
             size = len(base64.b64decode(key, validate=True))
         except (binascii.Error, ValueError):
             size = -1
         if size != 32:
-            raise LinkError("bad-key", f"wireguard {label} key is not 32 bytes of base64")
+            raise LinkError(
+                "bad-key", f"wireguard {label} key is not 32 bytes of base64"
+            )
     if not options.get("address"):
         raise LinkError("missing-field", "wireguard config has no local address")
 
@@ -173,17 +196,23 @@ def validate(proxy: Proxy) -> Proxy:
         changes["ports"] = ()  # hopping over the main port alone is no hopping
     if proxy.protocol in _UUID_PROTOCOLS:
         if not proxy.uuid:
-            raise LinkError("missing-credential", f"{proxy.protocol} config has no user id")
+            raise LinkError(
+                "missing-credential", f"{proxy.protocol} config has no user id"
+            )
         changes["uuid"] = normalize_uuid(proxy.uuid)
     if proxy.protocol == "shadowsocks":
         method = "none" if proxy.method == "plain" else proxy.method
         if method not in SS_METHODS:
-            raise LinkError("bad-cipher", f"shadowsocks cipher {method[:30]!r} is unknown")
+            raise LinkError(
+                "bad-cipher", f"shadowsocks cipher {method[:30]!r} is unknown"
+            )
         if method.startswith("2022-"):
             _check_2022_key(method, proxy.password)
         changes["method"] = method
         # 'obfs' and 'simple-obfs' are other names of the obfs-local client.
-        plugin = "obfs-local" if proxy.plugin in {"obfs", "simple-obfs"} else proxy.plugin
+        plugin = (
+            "obfs-local" if proxy.plugin in {"obfs", "simple-obfs"} else proxy.plugin
+        )
         changes["plugin"] = plugin
         changes["plugin_opts"] = _plugin_options(plugin, proxy.plugin_opts)
     if proxy.protocol == "vmess":
@@ -195,9 +224,13 @@ def validate(proxy: Proxy) -> Proxy:
     if proxy.protocol == "ssh" and not proxy.username:
         raise LinkError("missing-credential", "ssh config has no user")
     if proxy.protocol in {"trojan", "hysteria2", "anytls"} and not proxy.password:
-        raise LinkError("missing-credential", f"{proxy.protocol} config has no password")
+        raise LinkError(
+            "missing-credential", f"{proxy.protocol} config has no password"
+        )
     if proxy.protocol == "vless" and proxy.flow not in VLESS_FLOWS:
-        raise LinkError("bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown")
+        raise LinkError(
+            "bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown"
+        )
     if proxy.tls is not None:
         fingerprint = proxy.tls.fingerprint.lower()
         server_name = proxy.tls.server_name

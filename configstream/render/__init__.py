@@ -85,14 +85,30 @@ def _singbox_config(outbounds: list[dict[str, Any]], test_url: str) -> dict[str,
     groups: list[dict[str, Any]] = []
     if tags:
         groups = [
-            {"type": "selector", "tag": "proxy", "outbounds": ["auto", *tags], "default": "auto"},
-            {"type": "urltest", "tag": "auto", "outbounds": tags, "url": test_url,
-             "interval": "10m", "tolerance": 50},
+            {
+                "type": "selector",
+                "tag": "proxy",
+                "outbounds": ["auto", *tags],
+                "default": "auto",
+            },
+            {
+                "type": "urltest",
+                "tag": "auto",
+                "outbounds": tags,
+                "url": test_url,
+                "interval": "10m",
+                "tolerance": 50,
+            },
         ]
     config: dict[str, Any] = {
         "log": {"level": "warn"},
         "inbounds": [
-            {"type": "mixed", "tag": "mixed-in", "listen": "127.0.0.1", "listen_port": 2080}
+            {
+                "type": "mixed",
+                "tag": "mixed-in",
+                "listen": "127.0.0.1",
+                "listen_port": 2080,
+            }
         ],
         "outbounds": [
             *groups,
@@ -209,7 +225,10 @@ def _build_files(
         "clash": len(client.clash["proxies"]),
         "singbox": sum(
             1
-            for ob in [*client.singbox["outbounds"], *client.singbox.get("endpoints", [])]
+            for ob in [
+                *client.singbox["outbounds"],
+                *client.singbox.get("endpoints", []),
+            ]
             if ob["type"] not in {"selector", "urltest", "direct"}
         ),
         "left_out": client.left_out,
@@ -220,8 +239,10 @@ def _build_files(
         for entry, name, link in zip(entries, names, client.links, strict=True)
     ]
     try:
-        page = _environment().get_template("index.html.j2").render(
-            title=title, stats=stats, proxies=records
+        page = (
+            _environment()
+            .get_template("index.html.j2")
+            .render(title=title, stats=stats, proxies=records)
         )
     except jinja2.TemplateError as exc:
         raise OutputError(f"cannot render index.html: {exc}") from exc
@@ -245,7 +266,11 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+            "w",
+            encoding="utf-8",
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            delete=False,
         ) as handle:
             handle.write(text)
         os.replace(handle.name, path)
@@ -297,6 +322,7 @@ def write_outputs(
 
 def alive_first(entries: Sequence[Entry]) -> list[Entry]:
     """Order entries for publishing: alive by latency, then the rest."""
+
     def key(entry: Entry) -> tuple[int, float]:
         alive = entry.result.status is Status.ALIVE
         return (0 if alive else 1, entry.result.latency_ms or 0.0)

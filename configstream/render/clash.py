@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from configstream.models import Proxy
-from configstream.outbound import Unrepresentable
+from configstream.outbound import Unrepresentable, reserved_bytes
 
 _CLASH_NETWORKS = {"ws", "grpc", "http", "httpupgrade"}
 # Plain YAML scalars that every loader reads back as the same string. Anything
@@ -26,7 +26,9 @@ class _Dumper(yaml.SafeDumper):
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     plain = _PLAIN_SAFE.match(value) and value.lower() not in _RESERVED
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else "'")
+    return dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style=None if plain else "'"
+    )
 
 
 _Dumper.add_representer(str, _represent_str)
@@ -34,10 +36,14 @@ _Dumper.add_representer(str, _represent_str)
 
 def dump_yaml(data: Any) -> str:
     """YAML text with every ambiguous string quoted."""
-    return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=10_000)
+    return yaml.dump(
+        data, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=10_000
+    )
 
 
-def _tls_fields(proxy: Proxy, entry: dict[str, Any], sni_key: str = "servername") -> None:
+def _tls_fields(
+    proxy: Proxy, entry: dict[str, Any], sni_key: str = "servername"
+) -> None:
     tls = proxy.tls
     if tls is None:
         return
@@ -83,7 +89,10 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
         entry.update({"network": "ws", "ws-opts": ws})
     elif transport.type == "grpc":
         entry.update(
-            {"network": "grpc", "grpc-opts": {"grpc-service-name": transport.service_name}}
+            {
+                "network": "grpc",
+                "grpc-opts": {"grpc-service-name": transport.service_name},
+            }
         )
     elif transport.type == "http":
         h2: dict[str, Any] = {"path": transport.path or "/"}
@@ -91,7 +100,10 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
             h2["host"] = transport.host.split(",")
         entry.update({"network": "h2", "h2-opts": h2})
     else:
-        upgrade: dict[str, Any] = {"path": transport.path or "/", "v2ray-http-upgrade": True}
+        upgrade: dict[str, Any] = {
+            "path": transport.path or "/",
+            "v2ray-http-upgrade": True,
+        }
         if transport.host:
             upgrade["headers"] = {"Host": transport.host}
         entry.update({"network": "ws", "ws-opts": upgrade})
@@ -129,8 +141,13 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "server": proxy.server, "port": proxy.port}
     kind = proxy.protocol
     if kind == "vmess":
-        entry.update(type="vmess", uuid=proxy.uuid, alterId=proxy.alter_id,
-                     cipher=proxy.method or "auto", udp=True)
+        entry.update(
+            type="vmess",
+            uuid=proxy.uuid,
+            alterId=proxy.alter_id,
+            cipher=proxy.method or "auto",
+            udp=True,
+        )
         _tls_fields(proxy, entry)
         _transport_fields(proxy, entry)
     elif kind == "vless":
@@ -154,7 +171,8 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
         entry.update(type="hysteria2", password=proxy.password)
         if proxy.ports:
             entry["ports"] = ",".join(
-                a if a == b else f"{a}-{b}" for a, _, b in (p.partition(":") for p in proxy.ports)
+                a if a == b else f"{a}-{b}"
+                for a, _, b in (p.partition(":") for p in proxy.ports)
             )
         if proxy.obfs:
             entry.update(obfs=proxy.obfs, **{"obfs-password": proxy.obfs_password})
@@ -171,8 +189,12 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
             entry["udp-relay-mode"] = proxy.udp_relay_mode
         _tls_fields(proxy, entry, sni_key="sni")
     elif kind == "hysteria":
-        entry.update(type="hysteria", **{"auth-str": proxy.password},
-                     up=f"{proxy.up_mbps or 10} Mbps", down=f"{proxy.down_mbps or 50} Mbps")
+        entry.update(
+            type="hysteria",
+            **{"auth-str": proxy.password},
+            up=f"{proxy.up_mbps or 10} Mbps",
+            down=f"{proxy.down_mbps or 50} Mbps",
+        )
         if proxy.obfs_password:
             entry["obfs"] = proxy.obfs_password
         _tls_fields(proxy, entry, sni_key="sni")
@@ -192,23 +214,28 @@ def to_clash(proxy: Proxy, name: str) -> dict[str, Any]:
             entry["password"] = proxy.password
     elif kind == "wireguard":
         options = dict(proxy.options)
-        entry.update(type="wireguard", **{"private-key": proxy.password,
-                                          "public-key": options["public-key"]}, udp=True)
+        entry.update(
+            type="wireguard",
+            **{"private-key": proxy.password, "public-key": options["public-key"]},
+            udp=True,
+        )
         for address in options["address"].split(","):
             entry["ipv6" if ":" in address else "ip"] = address.split("/")[0]
         if options.get("pre-shared-key"):
             entry["pre-shared-key"] = options["pre-shared-key"]
         if options.get("reserved"):
-            try:
-                entry["reserved"] = [int(x) for x in options["reserved"].split(",")]
-            except ValueError:
-                raise Unrepresentable("wireguard reserved bytes are not numbers") from None
+            entry["reserved"] = reserved_bytes(proxy)
         if options.get("mtu", "").isdigit():
             entry["mtu"] = int(options["mtu"])
     elif kind == "ssr":
         options = dict(proxy.options)
-        entry.update(type="ssr", cipher=proxy.method, password=proxy.password,
-                     obfs=proxy.obfs or "plain", protocol=options.get("protocol", "origin"))
+        entry.update(
+            type="ssr",
+            cipher=proxy.method,
+            password=proxy.password,
+            obfs=proxy.obfs or "plain",
+            protocol=options.get("protocol", "origin"),
+        )
         if options.get("obfs-param"):
             entry["obfs-param"] = options["obfs-param"]
         if options.get("protocol-param"):

@@ -42,9 +42,15 @@ def as_expressed(proxy: Proxy, target: str) -> tuple[Proxy, list[str]]:
     if proxy.flow == "xtls-rprx-vision-udp443":
         dropped.append("Vision udp443 variant")
         changes["flow"] = "xtls-rprx-vision"
-    if target == "clash" and proxy.plugin == "v2ray-plugin" and "mux=" in proxy.plugin_opts:
+    if (
+        target == "clash"
+        and proxy.plugin == "v2ray-plugin"
+        and "mux=" in proxy.plugin_opts
+    ):
         dropped.append("v2ray-plugin mux")
-        kept_opts = [o for o in proxy.plugin_opts.split(";") if not o.startswith("mux=")]
+        kept_opts = [
+            o for o in proxy.plugin_opts.split(";") if not o.startswith("mux=")
+        ]
         changes["plugin_opts"] = ";".join(kept_opts)
     reduced = dataclasses.replace(proxy, **changes) if changes else proxy  # type: ignore[arg-type]
     return reduced, dropped

@@ -48,7 +48,9 @@ def _transport_params(transport: Transport | None) -> list[tuple[str, str]]:
     return params
 
 
-def _tls_params(tls: Tls | None, insecure_key: str = "allowInsecure") -> list[tuple[str, str]]:
+def _tls_params(
+    tls: Tls | None, insecure_key: str = "allowInsecure"
+) -> list[tuple[str, str]]:
     if tls is None:
         return [("security", "none")]
     params = [("security", "reality" if tls.is_reality else "tls")]
@@ -117,7 +119,9 @@ def _vmess(proxy: Proxy, name: str) -> str:
             data.update(pbk=tls.reality_public_key, sid=tls.reality_short_id)
             if tls.reality_spider_x:
                 data["spx"] = tls.reality_spider_x
-    return "vmess://" + _b64(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    return "vmess://" + _b64(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    )
 
 
 def _ss_userinfo(proxy: Proxy) -> str:
@@ -176,11 +180,15 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
     if kind == "shadowsocks":
         plugin = ""
         if proxy.plugin:
-            value = proxy.plugin + (";" + proxy.plugin_opts if proxy.plugin_opts else "")
+            value = proxy.plugin + (
+                ";" + proxy.plugin_opts if proxy.plugin_opts else ""
+            )
             plugin = "/?plugin=" + _q(value)
         return f"ss://{_ss_userinfo(proxy)}@{host}{plugin}{fragment}"
     if kind == "hysteria2":
-        params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
+        params = [
+            (k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"
+        ]
         if proxy.obfs:
             params += [("obfs", proxy.obfs), ("obfs-password", proxy.obfs_password)]
         if proxy.up_mbps:
@@ -193,7 +201,11 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
         ports = f"{_host(proxy)}:{port_text}"
         return f"hysteria2://{_q(proxy.password)}@{ports}/?{_query(params)}{fragment}"
     if kind == "tuic":
-        params = [(k, v) for k, v in _tls_params(proxy.tls, "allow_insecure") if k != "security"]
+        params = [
+            (k, v)
+            for k, v in _tls_params(proxy.tls, "allow_insecure")
+            if k != "security"
+        ]
         if proxy.congestion_control:
             params.append(("congestion_control", proxy.congestion_control))
         if proxy.udp_relay_mode:
@@ -220,34 +232,53 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
         version = dict(proxy.options).get("version", "")
         if version:
             return f"socks{version}://{_userinfo(proxy)}{host}{fragment}"
-        auth = _b64(f"{proxy.username}:{proxy.password}") + "@" if proxy.username else ""
+        auth = (
+            _b64(f"{proxy.username}:{proxy.password}") + "@" if proxy.username else ""
+        )
         return f"socks://{auth}{host}{fragment}"
     if kind in {"http", "naive", "ssh"}:
-        scheme = {"http": "https" if proxy.tls else "http", "naive": "naive+https",
-                  "ssh": "ssh"}[kind]
+        scheme = {
+            "http": "https" if proxy.tls else "http",
+            "naive": "naive+https",
+            "ssh": "ssh",
+        }[kind]
         params = []
         if proxy.tls is not None:
-            params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
+            params = [
+                (k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"
+            ]
         query = f"?{_query(params)}" if params else ""
         return f"{scheme}://{_userinfo(proxy)}{host}{query}{fragment}"
     if kind == "anytls":
-        params = [(k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"]
+        params = [
+            (k, v) for k, v in _tls_params(proxy.tls, "insecure") if k != "security"
+        ]
         return f"anytls://{_q(proxy.password)}@{host}?{_query(params)}{fragment}"
     if kind == "wireguard":
         options = dict(proxy.options)
         params = [
             (key, options[option])
-            for key, option in (("publickey", "public-key"), ("address", "address"),
-                                ("reserved", "reserved"), ("mtu", "mtu"),
-                                ("presharedkey", "pre-shared-key"))
+            for key, option in (
+                ("publickey", "public-key"),
+                ("address", "address"),
+                ("reserved", "reserved"),
+                ("mtu", "mtu"),
+                ("presharedkey", "pre-shared-key"),
+            )
             if options.get(option)
         ]
         return f"wireguard://{_q(proxy.password)}@{host}?{_query(params)}{fragment}"
     if kind == "ssr":
         options = dict(proxy.options)
         main = ":".join(
-            [proxy.server, str(proxy.port), options.get("protocol", "origin"), proxy.method,
-             proxy.obfs or "plain", _b64(proxy.password, urlsafe=True).rstrip("=")]
+            [
+                proxy.server,
+                str(proxy.port),
+                options.get("protocol", "origin"),
+                proxy.method,
+                proxy.obfs or "plain",
+                _b64(proxy.password, urlsafe=True).rstrip("="),
+            ]
         )
         extras = {
             "obfsparam": options.get("obfs-param", ""),
