@@ -132,7 +132,7 @@ class Cache:
         """Append a run's stats to the history, keeping the last `MAX_RUNS`."""
         summary = {
             key: stats.get(key)
-            for key in ("fetch", "parse", "dedupe", "test", "seconds")
+            for key in ("fetch", "parse", "dedupe", "test", "seconds", "degraded")
         }
         with self.connection:
             self.connection.execute(
@@ -143,6 +143,14 @@ class Cache:
                 "DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?",
                 (MAX_RUNS,),
             )
+
+    def last_good_alive(self) -> int | None:
+        """The alive count of the newest run that published, if any."""
+        for run in reversed(self.runs()):
+            test = run.get("test") or {}
+            if not run.get("degraded") and test.get("tested"):
+                return int(test.get("alive") or 0)
+        return None
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self.connection.execute(

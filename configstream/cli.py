@@ -135,6 +135,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-test", action="store_true", help="publish parsed proxies untested"
     )
+    parser.add_argument(
+        "--min-alive-share",
+        type=float,
+        default=0.2,
+        help="keep the previous output when fewer proxies are alive than this share "
+        "of the last good run (default 0.2)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -197,6 +204,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
         geoip=args.geoip,
         allow_networks=allowed_networks(args.allow_network),
         no_test=args.no_test,
+        min_alive_share=args.min_alive_share,
         singbox=args.singbox,
     )
     values.update(overrides)
@@ -255,6 +263,12 @@ def _command(args: argparse.Namespace) -> int:
         )
         stats = asyncio.run(_run(settings))
         print_summary(stats, settings.output)
+        if stats.get("degraded"):
+            console.print(
+                f"[red]degraded:[/red] {escape(stats['degraded'])}; previous output kept",
+                highlight=False,
+            )
+            return 3
         return 0
     if args.command == "convert":
         return _convert(args)

@@ -56,6 +56,9 @@ class RunSettings:
     no_test: bool = False
     singbox: Path | None = None
     fetch_timeout: float = 20.0
+    # A run with fewer alive proxies than this share of the last good run
+    # keeps the previous output instead of publishing.
+    min_alive_share: float = 0.2
     title: str = "ConfigStream"
     extra: dict[str, Any] = field(default_factory=dict)
 

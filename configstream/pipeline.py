@@ -25,7 +25,7 @@ from configstream.geo import GeoIP
 from configstream.models import Entry, ProbeResult, Proxy, Status
 from configstream.parse import parse_body
 from configstream.probe import ProbeSettings, ProxyTester
-from configstream.render import alive_first, write_outputs
+from configstream.render import alive_first, write_health, write_outputs
 from configstream.singbox import locate_core
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class RunOutcome:
 
     stats: dict[str, Any]
     published: list[Entry] = field(default_factory=list)
+    degraded: str = ""
 
 
 def _parse_sources(
@@ -285,20 +286,44 @@ async def run_pipeline(
     published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    write_outputs(
-        settings.output,
-        published,
-        stats,
-        test_url=settings.test_url,
-        title=settings.title,
-    )
-    stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
-    reporter.advance()
-
     with Cache.open(settings.cache) as cache:
+        degraded = _degraded(stats, settings, cache.last_good_alive())
+        if degraded:
+            # Keep the last good lists: clients would rather have yesterday's
+            # working configs than today's empty file.
+            log.error("run degraded, previous output kept: %s", degraded)
+            write_health(settings.output, stats, degraded)
+        else:
+            write_outputs(
+                settings.output,
+                published,
+                stats,
+                test_url=settings.test_url,
+                title=settings.title,
+            )
+        stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
+        reporter.advance()
+        stats["degraded"] = degraded
         cache.record_results(entries)
         cache.record_run(stats)
-    return RunOutcome(stats=stats, published=published)
+    return RunOutcome(stats=stats, published=published, degraded=degraded)
+
+
+def _degraded(
+    stats: dict[str, Any], settings: RunSettings, last_good: int | None
+) -> str:
+    """Why this run must not replace the published lists, or ''."""
+    if settings.no_test:
+        return ""
+    alive = stats["test"]["alive"]
+    if alive == 0:
+        return "no proxy passed the test"
+    if last_good and alive < settings.min_alive_share * last_good:
+        return (
+            f"{alive} alive is below {settings.min_alive_share:.0%} of the last good "
+            f"run's {last_good}"
+        )
+    return ""
 
 
 def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:

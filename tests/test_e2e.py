@@ -183,3 +183,50 @@ def test_sigterm_mid_run_leaves_no_core_behind(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr
     assert not any(Path(f"/proc/{pid}").exists() for pid in cores)
+
+
+def test_run_with_nothing_alive_keeps_previous_output(tmp_path: Path) -> None:
+    """Zero alive: the last good lists stay, health says why, the exit code is 3."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub.txt").write_text("previous good list\n")
+    (out / "manifest.json").write_text('{"files": [{"name": "sub.txt"}]}')
+    # Nothing listens on the port reserved and released here.
+    from configstream.singbox import reserve_ports
+
+    [closed] = reserve_ports(1)
+    (tmp_path / "dead.txt").write_text(
+        f"ss://YWVzLTEyOC1nY206ZmFrZQ@127.0.0.1:{closed}#dead\n"
+    )
+    (tmp_path / "sources.yml").write_text("sources:\n  - {name: dead, url: dead.txt}\n")
+    done = run_cli(
+        "run", "--output", "out", "--cache", "cache", "--timeout", "2",
+        "--test-url", f"http://127.0.0.1:{closed}/generate_204", cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "degraded" in done.stderr
+    assert (out / "sub.txt").read_text() == "previous good list\n"
+    health = json.loads((out / "health.json").read_text())
+    assert health["degraded"] is True and health["reason"] == "no proxy passed the test"
+    assert not (out / "proxies.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("alive", "last_good", "no_test", "degraded"),
+    [
+        (0, None, False, True),
+        (19, 100, False, True),
+        (20, 100, False, False),
+        (5, None, False, False),
+        (0, 100, True, False),
+    ],
+)
+def test_degraded_when_far_below_last_good_run(
+    alive: int, last_good: int | None, no_test: bool, degraded: bool
+) -> None:
+    """Below 20% of the last good run (or zero) is degraded; --no-test never is."""
+    from configstream.config import RunSettings
+    from configstream.pipeline import _degraded
+
+    settings = RunSettings(sources=(), output=Path("o"), cache=Path("c"), no_test=no_test)
+    assert bool(_degraded({"test": {"alive": alive}}, settings, last_good)) is degraded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import functools
 import json
 import re
@@ -258,13 +259,41 @@ def test_base64_subscription_decodes_to_plain(output: Path) -> None:
 
 
 def test_manifest_lists_every_file_with_its_size(output: Path) -> None:
+    """manifest.json names every published file with its size and sha256."""
     manifest = _load_json(output, "manifest.json")
-    listed = {f["name"]: f["size"] for f in manifest["files"]}
+    listed = {f["name"]: (f["size"], f["sha256"]) for f in manifest["files"]}
     assert len(listed) == len(manifest["files"])
     on_disk = {
-        p.name: p.stat().st_size for p in output.iterdir() if p.name != "manifest.json"
+        str(p.relative_to(output)): (
+            p.stat().st_size,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in output.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
     }
     assert listed == on_disk
+
+
+def test_every_list_parses_and_holds_its_kind(output: Path) -> None:
+    """Per-protocol, per-country, secure, fastest and chunk lists read back."""
+    everything = set(parse_body((output / "sub.txt").read_bytes()).proxies)
+    lists = sorted(output.glob("*/*.txt")) + [output / "secure.txt", output / "fastest.txt"]
+    assert lists
+    for path in lists:
+        text = path.read_bytes()
+        report = parse_body(text)
+        assert set(report.proxies) <= everything, path
+        if path.parent.name == "protocols":
+            kind = path.stem.removesuffix("_base64")
+            assert {p.protocol for p in report.proxies} == {kind}, path
+        if not path.stem.endswith("_base64"):
+            # Profile headers lead the plain lists, and clients that do not
+            # know them read them as comments.
+            assert text.startswith(b"#profile-title: base64:"), path
+            assert report.found == len(report.proxies), path
+    chunks = sorted(output.glob("chunks/[0-9][0-9][0-9].txt"))
+    in_chunks = [p for c in chunks for p in parse_body(c.read_bytes()).proxies]
+    assert set(in_chunks) == everything and len(in_chunks) == len(everything)
 
 
 # The write_outputs tests need only a few entries; these links point at
@@ -326,16 +355,16 @@ def test_failed_write_keeps_previous_output(
     """A disk error midway through staging leaves the old files and no staging folder."""
     # Rendering fails before anything is staged; this one fails after some
     # files are already in the staging folder, so the clean-up is exercised.
-    write_text = Path.write_text
+    write_bytes = Path.write_bytes
     calls = []
 
     def failing_write(self: Path, *args: Any, **kwargs: Any) -> int:
         calls.append(self.name)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        return write_text(self, *args, **kwargs)
+        return write_bytes(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", failing_write)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
     with pytest.raises(OutputError, match="No space left"):
         write_outputs(
             tmp_path / "out", _entries(), _stats(), test_url="http://127.0.0.1/new"

@@ -7,6 +7,8 @@ the whole set is complete, so a failed run never leaves a half-written set.
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from configstream.outbound import Unrepresentable, to_outbound
 from configstream.render.clash import clash_config, dump_yaml, to_clash
 from configstream.render.fidelity import as_expressed
 from configstream.render.links import to_link
+from configstream.render.subscriptions import subscription_files
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ __all__ = [
     "display_name",
     "flag",
     "write_atomically",
+    "write_health",
     "write_outputs",
 ]
 
@@ -47,6 +51,7 @@ class PublishedFile:
 
     name: str
     size: int
+    sha256: str
 
 
 def flag(country: str | None) -> str:
@@ -238,17 +243,36 @@ def _build_files(
         _proxy_record(entry, name, link)
         for entry, name, link in zip(entries, names, client.links, strict=True)
     ]
+    lists = subscription_files(entries, client.links, title)
+    # The page offers each plain list; its base64 twin sits beside it.
+    offered = sorted(
+        name
+        for name in lists
+        if name.endswith(".txt")
+        and not name.endswith("_base64.txt")
+        and not name.startswith(("chunks/", "sub."))
+    )
     try:
         page = (
             _environment()
             .get_template("index.html.j2")
-            .render(title=title, stats=stats, proxies=records)
+            .render(title=title, stats=stats, proxies=records, lists=offered)
         )
     except jinja2.TemplateError as exc:
         raise OutputError(f"cannot render index.html: {exc}") from exc
+    health = {
+        "generated_at": stats["generated_at"],
+        "degraded": False,
+        "reason": "",
+        "alive": stats["test"]["alive"],
+        "published": len(entries),
+        "unique": stats["dedupe"]["unique"],
+        "sources_ok": stats["fetch"]["ok"],
+        "sources_failed": stats["fetch"]["failed"],
+    }
     return {
-        "sub.txt": client.plain,
-        "sub_base64.txt": client.base64,
+        **lists,
+        "health.json": json.dumps(health, indent=2),
         "clash.yaml": dump_yaml(client.clash),
         "singbox.json": json.dumps(client.singbox, indent=2, ensure_ascii=False),
         "proxies.json": json.dumps(records, indent=2, ensure_ascii=False),
@@ -299,25 +323,67 @@ def write_outputs(
     files = _build_files(entries, stats, test_url, title)
     try:
         output.mkdir(parents=True, exist_ok=True)
+        previous = _manifest_names(output)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output))
         try:
             published = []
             for name, content in files.items():
-                (staging / name).write_text(content, encoding="utf-8")
-                published.append(PublishedFile(name, len(content.encode("utf-8"))))
+                data = content.encode("utf-8")
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                (staging / name).write_bytes(data)
+                published.append(
+                    PublishedFile(name, len(data), hashlib.sha256(data).hexdigest())
+                )
             manifest = {
                 "generated_at": stats["generated_at"],
-                "files": [{"name": f.name, "size": f.size} for f in published],
+                "files": [
+                    {"name": f.name, "size": f.size, "sha256": f.sha256}
+                    for f in published
+                ],
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             for name in [*files, "manifest.json"]:
+                (output / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / name, output / name)
+            # Lists of the last run that this run has no more (a country that
+            # went dark) are removed, so no stale list keeps being served.
+            for name in previous - set(files):
+                with contextlib.suppress(OSError):
+                    (output / name).unlink()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise OutputError(f"cannot write output to {output}: {exc.strerror}") from exc
     log.info("wrote %d files to %s", len(published) + 1, output)
     return published
+
+
+def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
+    """Mark the published set as degraded, leaving every other file as it was.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    health = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "degraded": True,
+        "reason": reason,
+        "alive": stats["test"]["alive"],
+        "unique": stats["dedupe"]["unique"],
+        "sources_ok": stats["fetch"]["ok"],
+        "sources_failed": stats["fetch"]["failed"],
+    }
+    write_atomically(output / "health.json", json.dumps(health, indent=2))
+
+
+def _manifest_names(output: Path) -> set[str]:
+    try:
+        manifest = json.loads((output / "manifest.json").read_text())
+        names = {str(item["name"]) for item in manifest["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    # Only plain relative names inside the folder are ever removed.
+    return {n for n in names if n and not n.startswith(("/", ".")) and ".." not in n}
 
 
 def alive_first(entries: Sequence[Entry]) -> list[Entry]:
