@@ -200,8 +200,16 @@ def test_run_with_nothing_alive_keeps_previous_output(tmp_path: Path) -> None:
     )
     (tmp_path / "sources.yml").write_text("sources:\n  - {name: dead, url: dead.txt}\n")
     done = run_cli(
-        "run", "--output", "out", "--cache", "cache", "--timeout", "2",
-        "--test-url", f"http://127.0.0.1:{closed}/generate_204", cwd=tmp_path,
+        "run",
+        "--output",
+        "out",
+        "--cache",
+        "cache",
+        "--timeout",
+        "2",
+        "--test-url",
+        f"http://127.0.0.1:{closed}/generate_204",
+        cwd=tmp_path,
     )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "degraded" in done.stderr
@@ -228,5 +236,7 @@ def test_degraded_when_far_below_last_good_run(
     from configstream.config import RunSettings
     from configstream.pipeline import _degraded
 
-    settings = RunSettings(sources=(), output=Path("o"), cache=Path("c"), no_test=no_test)
+    settings = RunSettings(
+        sources=(), output=Path("o"), cache=Path("c"), no_test=no_test
+    )
     assert bool(_degraded({"test": {"alive": alive}}, settings, last_good)) is degraded

@@ -192,3 +192,49 @@ def _plain_server() -> Iterator[int]:
 )
 def test_parse_trace_reads_the_ip_line(body: str, ip: str | None) -> None:
     assert parse_trace(body) == ip
+
+
+class _OnceHandler(_Handler):
+    """Answers the test URL once, then fails: a proxy that works now and then."""
+
+    served = 0
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/generate_204":
+            type(self).served += 1
+            if type(self).served > 1:
+                self.send_error(503)
+                return
+        super().do_GET()
+
+
+def test_second_round_failure_is_dead_as_flaky(core: Core) -> None:
+    """Alive needs both rounds; a refused server is dropped by the TCP pre-check."""
+    [server_port, closed] = reserve_ports(2)
+    good = Proxy(
+        "shadowsocks", "127.0.0.1", server_port, method="aes-128-gcm", password=PASSWORD
+    )
+    nothing = Proxy(
+        "shadowsocks", "127.0.0.1", closed, method="aes-128-gcm", password=PASSWORD
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OnceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        settings = ProbeSettings(
+            test_url=f"http://127.0.0.1:{port}/generate_204",
+            trace_url=None,
+            timeout=3,
+            concurrency=4,
+        )
+        results = asyncio.run(
+            _test_through_server(core, [good, nothing], settings, server_port)
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert results[good].status is Status.DEAD
+    assert results[good].reason.startswith("flaky: second round")
+    assert results[nothing] == results[nothing].__class__(
+        Status.DEAD, reason="tcp connect refused"
+    )

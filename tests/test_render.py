@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import functools
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -277,7 +277,10 @@ def test_manifest_lists_every_file_with_its_size(output: Path) -> None:
 def test_every_list_parses_and_holds_its_kind(output: Path) -> None:
     """Per-protocol, per-country, secure, fastest and chunk lists read back."""
     everything = set(parse_body((output / "sub.txt").read_bytes()).proxies)
-    lists = sorted(output.glob("*/*.txt")) + [output / "secure.txt", output / "fastest.txt"]
+    lists = sorted(output.glob("*/*.txt")) + [
+        output / "secure.txt",
+        output / "fastest.txt",
+    ]
     assert lists
     for path in lists:
         text = path.read_bytes()
