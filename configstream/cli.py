@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -39,8 +41,9 @@ from configstream.config import (
 from configstream.convert import TARGETS, convert, report_problems
 from configstream.errors import ConfigStreamError, SettingsError
 from configstream.fetch import fetch_all
-from configstream.parse import FORMATS
-from configstream.pipeline import run_pipeline
+from configstream.models import Entry
+from configstream.parse import FORMATS, parse_body
+from configstream.pipeline import run_pipeline, test_entries
 from configstream.render import write_atomically
 
 log = logging.getLogger("configstream")
@@ -111,7 +114,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--output", type=Path, default=Path("output"), help="output folder"
+        "-o", "--output", type=Path, default=Path("output"), help="output folder"
     )
     parser.add_argument(
         "--cache", type=Path, default=Path("cache"), help="cache folder"
@@ -122,7 +125,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=200, help="tests in flight")
     parser.add_argument("--geoip", type=Path, help="MaxMind-format country database")
     parser.add_argument(
-        "--singbox", type=Path, help="sing-box binary (default: bundled)"
+        "--singbox",
+        type=Path,
+        default=os.environ.get("CONFIGSTREAM_SINGBOX") or None,
+        help="sing-box binary (default: CONFIGSTREAM_SINGBOX, else the bundled one)",
     )
     parser.add_argument(
         "--allow-network",
@@ -182,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="input shape (default: detect from content)",
     )
     convert.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    check = commands.add_parser(
+        "check", help="test links or subscriptions and print the results"
+    )
+    check.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="a file, an http(s) URL, or -"
+    )
+    check.add_argument("--test-url", default=DEFAULT_TEST_URL)
+    check.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
+    check.add_argument("--json", action="store_true", help="print JSON, not a table")
+    _add_run_options(check)
+    check.set_defaults(output=None)
 
     demo = commands.add_parser(
         "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"
@@ -272,6 +290,8 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "convert":
         return _convert(args)
+    if args.command == "check":
+        return _check(args)
     from configstream.demo import run_demo
 
     return run_demo(args, _settings, _run, print_summary)
@@ -303,6 +323,60 @@ def _read_inputs(inputs: Sequence[str]) -> list[tuple[str, bytes]]:
             except OSError as exc:
                 raise SettingsError(f"cannot read: {exc.strerror}", item) from exc
     return bodies
+
+
+def _check(args: argparse.Namespace) -> int:
+    entries: dict[Any, Entry] = {}
+    for label, body in _read_inputs(args.inputs):
+        report = parse_body(body)
+        for rejection in report.rejections:
+            console.print(
+                f"{label}: {rejection.where}: {rejection.reason}", highlight=False
+            )
+        for proxy in report.proxies:
+            entries.setdefault(proxy, Entry(proxy=proxy, sources=[label]))
+    settings = _settings(
+        args,
+        sources=(),
+        output=Path("."),
+        test_url=args.test_url,
+        trace_url=args.trace_url or None,
+    )
+    stats: dict[str, Any] = {}
+    asyncio.run(test_entries(list(entries.values()), settings, _LogReporter(), stats))
+    rows = [
+        {
+            "name": e.proxy.name,
+            "protocol": e.proxy.protocol,
+            "endpoint": e.proxy.endpoint,
+            "status": str(e.result.status),
+            "latency_ms": e.result.latency_ms,
+            "exit_ip": e.result.exit_ip,
+            "reason": e.result.reason,
+        }
+        for e in entries.values()
+    ]
+    if args.json:
+        text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+        if args.output:
+            write_atomically(args.output, text)
+        else:
+            sys.stdout.write(text)
+    else:
+        table = Table("name", "protocol", "server", "status", "ms", "exit IP", "reason")
+        for row in rows:
+            latency = row["latency_ms"]
+            table.add_row(
+                escape(row["name"][:40]),
+                row["protocol"],
+                row["endpoint"],
+                row["status"],
+                f"{latency:.0f}" if latency is not None else "",
+                row["exit_ip"] or "",
+                escape(row["reason"]),
+            )
+        Console().print(table)
+    return 0 if rows else 1
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -149,12 +149,19 @@ async def _check_allowed(
     return ProbeResult(Status.SKIPPED, reason="server outside the allowed networks")
 
 
-async def _test(
+async def test_entries(
     entries: list[Entry],
     settings: RunSettings,
     reporter: Reporter,
     stats: dict[str, Any],
 ) -> None:
+    """Test entries in place: skip those outside the allowed networks, run the rest.
+
+    Sets each entry's result and writes the counts into `stats["test"]`.
+
+    Raises:
+        CoreError: no usable sing-box core.
+    """
     reporter.stage("test", len(entries))
     to_test: list[Entry] = []
     for entry in entries:
@@ -271,7 +278,7 @@ async def run_pipeline(
     if settings.no_test:
         _test_skipped(entries, stats)
     else:
-        await _test(entries, settings, reporter, stats)
+        await test_entries(entries, settings, reporter, stats)
     seconds["test"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 15.0
 CHECK_TIMEOUT = 30.0
 STDERR_TAIL = 2000
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>; Linux only, ignored elsewhere
 _OUTBOUND_INDEX = re.compile(r"(outbound|endpoint)\[(\d+)\]")
 
 
@@ -174,6 +176,17 @@ def reserve_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the parent dies, even by SIGKILL.
+
+    The core runs in its own session, so a terminal's Ctrl-C reaches only
+    us and we stop it in order; this covers the one case no `finally` can.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _is_listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -208,6 +221,8 @@ async def run_core(
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             await _wait_ready(proc, ready_ports, stderr_path)
@@ -239,11 +254,11 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 3.0) -> 
     """Stop a child: SIGTERM, then SIGKILL after `grace` seconds."""
     if proc.returncode is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         await asyncio.shield(asyncio.wait_for(proc.wait(), grace))
     except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()

@@ -143,8 +143,9 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def test_sigterm_mid_run_leaves_no_core_behind(tmp_path: Path) -> None:
-    """SIGTERM while testing stops the run cleanly and every sing-box with it."""
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_stopped_mid_run_leaves_no_core_behind(tmp_path: Path, signum: str) -> None:
+    """SIGTERM stops the run cleanly; even after SIGKILL no sing-box lives on."""
     import signal
     import time
 
@@ -178,11 +179,15 @@ def test_sigterm_mid_run_leaves_no_core_behind(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert len(cores) == 2, "the demo did not start its two cores"
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signum))
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
-    assert not any(Path(f"/proc/{pid}").exists() for pid in cores)
+    if signum == "SIGTERM":
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "interrupted" in stderr
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in cores):
+        assert time.monotonic() < deadline, "a sing-box outlived the run"
+        time.sleep(0.05)
 
 
 def test_run_with_nothing_alive_keeps_previous_output(tmp_path: Path) -> None:
@@ -240,3 +245,30 @@ def test_degraded_when_far_below_last_good_run(
         sources=(), output=Path("o"), cache=Path("c"), no_test=no_test
     )
     assert bool(_degraded({"test": {"alive": alive}}, settings, last_good)) is degraded
+
+
+def test_check_command_reports_each_link(world: World, tmp_path: Path) -> None:
+    """`configstream check` on the demo's plain subscription, as JSON."""
+    sources = yaml.safe_load(world.sources_file.read_text())["sources"]
+    plain = next(s["url"] for s in sources if s["name"] == "demo-plain")
+    done = run_cli(
+        "check",
+        plain,
+        "--json",
+        "--timeout",
+        "3",
+        "--test-url",
+        world.test_url,
+        "--trace-url",
+        world.trace_url,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    statuses = sorted(row["status"] for row in rows)
+    # vmess, vless and trojan live; a wrong uuid and a wrong password; REALITY,
+    # xhttp and SSR untestable; one server outside the allowed networks.
+    assert statuses == ["alive"] * 3 + ["dead"] * 2 + ["skipped"] + ["untestable"] * 3
+    live_ips = {s.exit_ip for s in world.live}
+    assert all(r["exit_ip"] in live_ips for r in rows if r["status"] == "alive")
+    assert "line " in done.stderr  # the junk line is reported with its number
