@@ -374,3 +374,12 @@ def test_failed_write_keeps_previous_output(
         )
     assert len(calls) == 3
     assert _files(tmp_path / "out") == previous_set
+
+
+def test_page_forbids_inline_scripts(output: Path) -> None:
+    """A Content-Security-Policy allows only the page's own script file."""
+    page = (output / "index.html").read_text()
+    assert "Content-Security-Policy" in page and "script-src 'self'" in page
+    scripts = re.findall(r"<script\b([^>]*)>", page)
+    assert scripts and all('src="app.js"' in attrs for attrs in scripts)
+    assert (output / "app.js").read_text().startswith("// Filter and copy")

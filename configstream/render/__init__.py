@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,13 @@ def _proxy_record(entry: Entry, name: str, link: str) -> dict[str, Any]:
     }
 
 
+def _asset(name: str) -> str:
+    """A static file shipped beside the templates, published as is."""
+    return (resources.files("configstream.render") / "templates" / name).read_text(
+        "utf-8"
+    )
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("configstream.render", "templates"),
@@ -273,6 +281,7 @@ def _build_files(
     return {
         **lists,
         "health.json": json.dumps(health, indent=2),
+        "app.js": _asset("app.js"),
         "clash.yaml": dump_yaml(client.clash),
         "singbox.json": json.dumps(client.singbox, indent=2, ensure_ascii=False),
         "proxies.json": json.dumps(records, indent=2, ensure_ascii=False),
