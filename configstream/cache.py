@@ -18,7 +18,7 @@ import lz4.frame
 import msgpack
 
 from configstream.errors import ConfigStreamError
-from configstream.models import Entry, identity
+from configstream.models import Entry, ProbeResult, Status, identity
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ class Cache:
                 ),
             )
             for entry in entries
+            # A reused result keeps its original time, or it would never age.
             if entry.result.status.value in {"alive", "dead", "untestable"}
+            and not entry.reused
         ]
         with self.connection:
             self.connection.executemany(
@@ -127,6 +129,26 @@ class Cache:
         if row is None:
             return None
         return {"checked_at": row[0], "status": row[1], **unpack(row[2])}
+
+    def fresh_result(
+        self, key: str, alive_ttl: float, dead_ttl: float
+    ) -> ProbeResult | None:
+        """A cached alive or dead result younger than its time to live.
+
+        Untestable results are never reused: the next run may have a core
+        that can test them.
+        """
+        row = self.result(key)
+        if row is None:
+            return None
+        age = time.time() - float(row["checked_at"])
+        if row["status"] == "alive" and age < alive_ttl:
+            return ProbeResult(
+                Status.ALIVE, latency_ms=row["latency_ms"], exit_ip=row["exit_ip"]
+            )
+        if row["status"] == "dead" and age < dead_ttl:
+            return ProbeResult(Status.DEAD, reason=row["reason"])
+        return None
 
     def record_run(self, stats: dict[str, Any]) -> None:
         """Append a run's stats to the history, keeping the last `MAX_RUNS`."""

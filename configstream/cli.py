@@ -142,6 +142,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--no-test", action="store_true", help="publish parsed proxies untested"
     )
     parser.add_argument(
+        "--fresh", action="store_true", help="test everything, reusing no cached result"
+    )
+    parser.add_argument(
         "--min-alive-share",
         type=float,
         default=0.2,
@@ -223,6 +226,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
         allow_networks=allowed_networks(args.allow_network),
         no_test=args.no_test,
         min_alive_share=args.min_alive_share,
+        fresh=args.fresh,
         singbox=args.singbox,
     )
     values.update(overrides)

@@ -59,6 +59,11 @@ class RunSettings:
     # A run with fewer alive proxies than this share of the last good run
     # keeps the previous output instead of publishing.
     min_alive_share: float = 0.2
+    # Cached results younger than these are reused instead of testing again;
+    # dead ones expire sooner, since free servers come back often.
+    alive_ttl: float = 3 * 3600
+    dead_ttl: float = 3600
+    fresh: bool = False
     title: str = "ConfigStream"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -134,6 +134,8 @@ class Entry:
     sources: list[str] = field(default_factory=list)
     result: ProbeResult = ProbeResult(Status.UNTESTED)
     country: str | None = None
+    # True when the result came from the cache instead of a test this run.
+    reused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, fetch_all
 from configstream.geo import GeoIP
-from configstream.models import Entry, ProbeResult, Proxy, Status
+from configstream.models import Entry, ProbeResult, Proxy, Status, identity
 from configstream.parse import parse_body
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_health, write_outputs
@@ -154,8 +154,12 @@ async def test_entries(
     settings: RunSettings,
     reporter: Reporter,
     stats: dict[str, Any],
+    cache: Cache | None = None,
 ) -> None:
     """Test entries in place: skip those outside the allowed networks, run the rest.
+
+    With a cache (and not `settings.fresh`), results still within their time
+    to live are reused instead of testing again.
 
     Sets each entry's result and writes the counts into `stats["test"]`.
 
@@ -170,7 +174,15 @@ async def test_entries(
             if settings.allow_networks
             else None
         )
-        if verdict is None:
+        cached = None
+        if verdict is None and cache is not None and not settings.fresh:
+            cached = cache.fresh_result(
+                identity(entry.proxy), settings.alive_ttl, settings.dead_ttl
+            )
+        if cached is not None:
+            entry.result, entry.reused = cached, True
+            reporter.advance()
+        elif verdict is None:
             to_test.append(entry)
         else:
             entry.result = verdict
@@ -209,6 +221,7 @@ async def test_entries(
             )
         ),
         "test_url": settings.test_url,
+        "reused": sum(1 for e in entries if e.reused),
     }
 
 
@@ -278,7 +291,8 @@ async def run_pipeline(
     if settings.no_test:
         _test_skipped(entries, stats)
     else:
-        await test_entries(entries, settings, reporter, stats)
+        with Cache.open(settings.cache) as cache:
+            await test_entries(entries, settings, reporter, stats, cache)
     seconds["test"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

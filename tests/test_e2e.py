@@ -272,3 +272,36 @@ def test_check_command_reports_each_link(world: World, tmp_path: Path) -> None:
     live_ips = {s.exit_ip for s in world.live}
     assert all(r["exit_ip"] in live_ips for r in rows if r["status"] == "alive")
     assert "line " in done.stderr  # the junk line is reported with its number
+
+
+def test_second_run_reuses_fresh_results(world: World, tmp_path: Path) -> None:
+    """A warm run reuses every fresh alive/dead result; --fresh tests again."""
+    args = [
+        "run",
+        "--sources",
+        str(world.sources_file),
+        "--output",
+        "out",
+        "--cache",
+        "cache",
+        "--test-url",
+        world.test_url,
+        "--trace-url",
+        world.trace_url,
+        "--geoip",
+        str(world.geoip),
+        "--timeout",
+        "3",
+    ]
+    outcomes = []
+    for extra in ([], [], ["--fresh"]):
+        done = run_cli(*args, *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+        proxies = json.loads((tmp_path / "out" / "proxies.json").read_text())
+        outcomes.append((stats["test"], {(p["port"], p["exit_ip"]) for p in proxies}))
+    (cold, cold_alive), (warm, warm_alive), (fresh, fresh_alive) = outcomes
+    assert cold["reused"] == 0 and fresh["reused"] == 0
+    assert warm["reused"] == cold["alive"] + cold["dead"]
+    assert cold_alive == warm_alive == fresh_alive
+    assert len(cold_alive) == len(world.live)
