@@ -136,11 +136,23 @@ def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
 
 
 def _children(pid: int) -> set[int]:
+    """Child pids of every thread of `pid`; threads may end while we read."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.update(int(child) for child in text)
+        try:
+            found.update(
+                int(child) for child in (task / "children").read_text().split()
+            )
+        except OSError:
+            continue
     return found
+
+
+def _is_core(pid: int) -> bool:
+    try:
+        return "sing-box" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
@@ -171,11 +183,7 @@ def test_stopped_mid_run_leaves_no_core_behind(tmp_path: Path, signum: str) -> N
     deadline = time.monotonic() + 30
     # The world's server core starts first, then the tester's core.
     while len(cores) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        cores = {
-            c
-            for c in _children(proc.pid)
-            if "sing-box" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
-        }
+        cores = {c for c in _children(proc.pid) if _is_core(c)}
         time.sleep(0.05)
     assert len(cores) == 2, "the demo did not start its two cores"
     time.sleep(1.0)

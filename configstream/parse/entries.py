@@ -451,9 +451,9 @@ def _singbox_outbound(outbound: Any) -> Proxy:
         )
     obfs = _mapping(outbound.get("obfs"))
     obfs_password = _text(obfs.get("password")) if obfs else _text(outbound.get("obfs"))
-    ports = tuple(
-        _text(item) for item in outbound.get("server_ports") or [] if _text(item)
-    )
+    # Checked like a link's port list, whatever shape the value has.
+    hop_ranges = _list(outbound.get("server_ports"))
+    ports = _port_ranges(",".join(hop_ranges)) if hop_ranges else ()
     server = _check_host(_text(outbound.get("server")))
     uses = _SINGBOX_FIELDS[kind]
     tls = _singbox_tls(_mapping(outbound.get("tls")), server)
