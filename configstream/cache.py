@@ -6,10 +6,12 @@ by name) and a history of runs. No other module writes SQL.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +42,42 @@ CREATE TABLE IF NOT EXISTS runs (
 
 class CacheError(ConfigStreamError):
     """The cache folder cannot be used."""
+
+
+# How long a second run waits for the first to release the cache.
+LOCK_WAIT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the cache folder's lock for one run.
+
+    Two runs on one cache would interleave their results and history; the
+    second waits up to `wait` seconds, then stops with a clear error.
+
+    Raises:
+        CacheError: another run kept the lock for longer than `wait`.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / "lock").open("a")
+    except OSError as exc:
+        raise CacheError(f"cannot use cache folder {folder}: {exc.strerror}") from exc
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CacheError(
+                        f"another run holds the cache in {folder} (waited {wait:.0f} s)"
+                    ) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        handle.close()
 
 
 def pack(value: Any) -> bytes:
@@ -88,12 +126,46 @@ class Cache:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
         row = connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            # Results are cheap to make again; a rebuild beats a migration
+            # that could misread old values.
+            log.warning(
+                "cache schema %s is not %s; rebuilding it", row[0], SCHEMA_VERSION
+            )
+            connection.executescript(
+                "DROP TABLE results; DROP TABLE runs; DELETE FROM meta;" + _SCHEMA
+            )
+            row = None
         if row is None:
             connection.execute(
                 "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
             connection.commit()
         return connection
+
+    def summary(self) -> dict[str, Any]:
+        """Counts by status, runs kept and bytes on disk."""
+        by_status = dict(
+            self.connection.execute(
+                "SELECT status, COUNT(*) FROM results GROUP BY status"
+            )
+        )
+        runs = self.connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        size = sum(
+            f.stat().st_size
+            for f in self.path.parent.glob(f"{self.path.name}*")
+            if f.is_file()
+        )
+        return {"results": by_status, "runs": runs, "bytes": size}
+
+    def prune(self, older_than: float) -> int:
+        """Delete results checked more than `older_than` seconds ago; returns how many."""
+        with self.connection:
+            deleted = self.connection.execute(
+                "DELETE FROM results WHERE checked_at < ?", (time.time() - older_than,)
+            ).rowcount
+        self.connection.execute("VACUUM")
+        return int(deleted)
 
     def record_results(self, entries: Iterable[Entry]) -> None:
         """Store the latest result of each tested proxy."""

@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from configstream import __version__
+from configstream.cache import DATABASE_NAME, Cache, exclusive
 from configstream.config import (
     DEFAULT_TEST_URL,
     DEFAULT_TRACE_URL,
@@ -204,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(check)
     check.set_defaults(output=None)
 
+    cache = commands.add_parser("cache", help="inspect or tidy the cache folder")
+    cache.add_argument("action", choices=("stats", "prune", "clear"))
+    cache.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder")
+    cache.add_argument(
+        "--older-than",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="prune: drop results older than this (default 24)",
+    )
+    cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
     demo = commands.add_parser(
         "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"
     )
@@ -296,6 +309,8 @@ def _command(args: argparse.Namespace) -> int:
         return _convert(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "cache":
+        return _cache(args)
     from configstream.demo import run_demo
 
     return run_demo(args, _settings, _run, print_summary)
@@ -327,6 +342,22 @@ def _read_inputs(inputs: Sequence[str]) -> list[tuple[str, bytes]]:
             except OSError as exc:
                 raise SettingsError(f"cannot read: {exc.strerror}", item) from exc
     return bodies
+
+
+def _cache(args: argparse.Namespace) -> int:
+    with exclusive(args.cache):
+        if args.action == "clear":
+            removed = 0
+            for path in args.cache.glob(f"{DATABASE_NAME}*"):
+                path.unlink()
+                removed += 1
+            print(f"removed {removed} cache files from {args.cache}")
+            return 0
+        with Cache.open(args.cache) as cache:
+            if args.action == "prune":
+                print(f"pruned {cache.prune(args.older_than * 3600)} results")
+            print(json.dumps(cache.summary(), indent=2))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

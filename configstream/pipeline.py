@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from configstream import __version__
-from configstream.cache import Cache
+from configstream.cache import Cache, exclusive
 from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, fetch_all
@@ -241,17 +241,9 @@ def _locate(
         }
 
 
-async def run_pipeline(
+async def _run_pipeline(
     settings: RunSettings, reporter: Reporter | None = None
 ) -> RunOutcome:
-    """Run every stage once and publish the result into `settings.output`.
-
-    Failed sources and dead proxies are counted, never raised.
-
-    Raises:
-        CoreError: testing was asked for and no usable sing-box exists.
-        OutputError: the output folder cannot be written.
-    """
     reporter = reporter or _Silent()
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -345,6 +337,23 @@ def _degraded(
             f"run's {last_good}"
         )
     return ""
+
+
+async def run_pipeline(
+    settings: RunSettings, reporter: Reporter | None = None
+) -> RunOutcome:
+    """Run every stage once and publish the result into `settings.output`.
+
+    Holds the cache folder's lock for the whole run (see `cache.exclusive`).
+    Failed sources and dead proxies are counted, never raised.
+
+    Raises:
+        CacheError: another run keeps the cache locked.
+        CoreError: testing was asked for and no usable sing-box exists.
+        OutputError: the output folder cannot be written.
+    """
+    with exclusive(settings.cache):
+        return await _run_pipeline(settings, reporter)
 
 
 def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:
