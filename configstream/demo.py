@@ -126,9 +126,16 @@ def _file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHa
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops SYNs when hundreds of tests arrive at
+    # once; the retransmit then costs seconds and reads as a slow proxy.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    server = _Server((LOOPBACK, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -143,7 +150,7 @@ def _black_hole() -> Iterator[int]:
     """A TCP listener that accepts connections and never answers."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOOPBACK, 0))
-    listener.listen(64)
+    listener.listen(1024)
     held: list[socket.socket] = []
     stop = threading.Event()
 
