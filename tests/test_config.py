@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from configstream.config import load_sources, parse_networks
 from configstream.errors import SettingsError
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,18 +91,8 @@ def test_networks_parse_and_reject() -> None:
         parse_networks(["not-a-net"])
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "configstream.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_unreadable_sources_file_exits_non_zero_with_one_line(tmp_path: Path) -> None:
-    done = _cli("run", "--sources", "missing.yml", "--no-test", cwd=tmp_path)
+    done = run_cli("run", "--sources", "missing.yml", "--no-test", cwd=tmp_path)
     assert done.returncode == 2
     assert "cannot read sources file" in done.stderr
     assert "Traceback" not in done.stderr
@@ -116,7 +105,7 @@ def test_unusable_core_exits_non_zero(tmp_path: Path) -> None:
     fake.chmod(0o755)
     (tmp_path / "list.txt").write_text("trojan://pw@127.0.0.1:9?sni=x.test#t\n")
     _write(tmp_path, "sources:\n  - {name: local, url: list.txt}\n")
-    done = _cli("run", "--singbox", str(fake), cwd=tmp_path)
+    done = run_cli("run", "--singbox", str(fake), cwd=tmp_path)
     assert done.returncode == 2
     assert "does not identify itself as sing-box" in done.stderr
 
@@ -130,7 +119,7 @@ def test_failed_sources_do_not_fail_the_run(tmp_path: Path) -> None:
         "sources:\n  - {name: good, url: good.txt}\n"
         "  - {name: gone, url: gone.txt}\n  - {name: junk, url: junk.bin}\n",
     )
-    done = _cli("run", "--no-test", cwd=tmp_path)
+    done = run_cli("run", "--no-test", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     import json
 
