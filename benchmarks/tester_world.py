@@ -30,11 +30,11 @@ from typing import Any
 
 from configstream.demo import (
     LOOPBACK,
-    _black_hole,
-    _CoreThread,
-    _keypair,
-    _serve,
-    _TraceHandler,
+    CoreThread,
+    TraceHandler,
+    black_hole_listener,
+    serve_http,
+    tls_keypair,
 )
 from configstream.models import Proxy, Status, Tls
 from configstream.probe import ProbeSettings, ProxyTester
@@ -85,7 +85,7 @@ def _world(
     count: int, folder: Path, black_hole: int
 ) -> tuple[dict[str, Any], list[Proxy], set[Proxy]]:
     core = locate_core()
-    key, cert = _keypair(core, folder)
+    key, cert = tls_keypair(core, folder)
     vless_port, trojan_port, closed = reserve_ports(3)
     alive_count = int(count * 0.4)
     refused_count = int(count * 0.3)
@@ -149,12 +149,12 @@ def main() -> None:
     args = parser.parse_args()
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp, _black_hole() as hole:
+    with tempfile.TemporaryDirectory() as tmp, black_hole_listener() as hole:
         config, proxies, truth = _world(args.proxies, Path(tmp), hole)
         core = locate_core()
         with (
-            _CoreThread(core, config, [i["listen_port"] for i in config["inbounds"]]),
-            _serve(_TraceHandler) as http_port,
+            CoreThread(core, config, [i["listen_port"] for i in config["inbounds"]]),
+            serve_http(TraceHandler) as http_port,
         ):
             test_url = f"http://{LOOPBACK}:{http_port}/generate_204"
             settings = ProbeSettings(

@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class RunSettings:
     dead_ttl: float = 3600
     fresh: bool = False
     title: str = "ConfigStream"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _entry(raw: Any, index: int, base: Path) -> Source:

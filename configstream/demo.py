@@ -87,7 +87,7 @@ def _udp_ports(count: int) -> list[int]:
             sock.close()
 
 
-class _TraceHandler(BaseHTTPRequestHandler):
+class TraceHandler(BaseHTTPRequestHandler):
     """`/generate_204` and a Cloudflare-format `/cdn-cgi/trace`."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -111,7 +111,9 @@ class _TraceHandler(BaseHTTPRequestHandler):
         pass
 
 
-def _file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHandler]:
+def file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHandler]:
+    """A handler serving fixed (status, body) pairs by path; 404 for the rest."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             status, body = files.get(self.path, (404, b"not found\n"))
@@ -134,7 +136,8 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve `handler` on 127.0.0.1 until the block exits; yields the port."""
     server = _Server((LOOPBACK, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -146,7 +149,7 @@ def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _black_hole() -> Iterator[int]:
+def black_hole_listener() -> Iterator[int]:
     """A TCP listener that accepts connections and never answers."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOOPBACK, 0))
@@ -184,7 +187,8 @@ def _write_geoip(path: Path, countries: dict[str, str]) -> None:
     writer.to_db_file(str(path))
 
 
-def _keypair(core: Core, folder: Path) -> tuple[Path, Path]:
+def tls_keypair(core: Core, folder: Path) -> tuple[Path, Path]:
+    """A self-signed key and certificate for DEMO_SNI, made by sing-box."""
     done = subprocess.run(
         [str(core.path), "generate", "tls-keypair", DEMO_SNI],
         capture_output=True,
@@ -481,11 +485,11 @@ def start_world(core: Core | None = None) -> Iterator[World]:
                 tempfile.TemporaryDirectory(prefix="configstream-demo-")
             )
         )
-        black_hole = stack.enter_context(_black_hole())
-        plan, world = _plan_servers(_keypair(core, folder), black_hole)
-        trace_port = stack.enter_context(_serve(_TraceHandler))
+        black_hole = stack.enter_context(black_hole_listener())
+        plan, world = _plan_servers(tls_keypair(core, folder), black_hole)
+        trace_port = stack.enter_context(serve_http(TraceHandler))
         source_port = stack.enter_context(
-            _serve(_file_handler(_subscription_files(plan)))
+            serve_http(file_handler(_subscription_files(plan)))
         )
         server_config = {
             "log": {"level": "error"},
@@ -493,7 +497,7 @@ def start_world(core: Core | None = None) -> Iterator[World]:
             "outbounds": plan.outbounds,
             "route": {"rules": plan.rules},
         }
-        runner = _CoreThread(
+        runner = CoreThread(
             core,
             server_config,
             [
@@ -524,7 +528,7 @@ def start_world(core: Core | None = None) -> Iterator[World]:
         yield world
 
 
-class _CoreThread:
+class CoreThread:
     """Runs the world's sing-box server process on its own event loop thread."""
 
     def __init__(
@@ -547,7 +551,7 @@ class _CoreThread:
                 started.set_exception(exc)
             raise
 
-    def __enter__(self) -> _CoreThread:
+    def __enter__(self) -> CoreThread:
         import concurrent.futures
 
         self.thread.start()

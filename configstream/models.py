@@ -14,23 +14,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-PROTOCOLS = (
-    "vmess",
-    "vless",
-    "trojan",
-    "shadowsocks",
-    "hysteria2",
-    "hysteria",
-    "tuic",
-    "socks",
-    "http",
-    "ssr",
-    "wireguard",
-    "anytls",
-    "naive",
-    "ssh",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Transport:

@@ -50,18 +50,10 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="session")
-def world() -> Iterator[World]:
-    """The demo world, running on loopback for the whole session."""
-    with start_world() as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def demo_run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tested `configstream run --verbose` over the world: out/, cache/, log.txt."""
-    folder = tmp_path_factory.mktemp("demo-run")
-    done = run_cli(
+def world_run_args(world: World) -> list[str]:
+    """`configstream run` arguments for a tested run over the demo world,
+    writing `out/` and `cache/` in the working folder."""
+    return [
         "run",
         "--sources",
         str(world.sources_file),
@@ -77,9 +69,21 @@ def demo_run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(world.geoip),
         "--timeout",
         "3",
-        "--verbose",
-        cwd=folder,
-    )
+    ]
+
+
+@pytest.fixture(scope="session")
+def world() -> Iterator[World]:
+    """The demo world, running on loopback for the whole session."""
+    with start_world() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def demo_run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tested `configstream run --verbose` over the world: out/, cache/, log.txt."""
+    folder = tmp_path_factory.mktemp("demo-run")
+    done = run_cli(*world_run_args(world), "--verbose", cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
     (folder / "log.txt").write_text(done.stdout + done.stderr)
     return folder

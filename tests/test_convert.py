@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from configstream.convert import TARGETS, convert
+from configstream.demo import file_handler, serve_http
 from configstream.outbound import Unrepresentable, to_outbound
 from configstream.parse import parse_body
 from configstream.render.clash import to_clash
@@ -108,8 +105,16 @@ def test_cli_reports_bad_lines_without_secrets(tmp_path: Path) -> None:
 
 def test_cli_writes_output_file_from_url(tmp_path: Path) -> None:
     """A local HTTP URL as input, the result written to -o."""
-    with _serve(LINK_WITH_SECRET.encode()) as url:
-        done = _cli(url, "--to", "base64", "-o", "out/sub.txt", cwd=tmp_path)
+    handler = file_handler({"/sub": (200, LINK_WITH_SECRET.encode())})
+    with serve_http(handler) as port:
+        done = _cli(
+            f"http://127.0.0.1:{port}/sub",
+            "--to",
+            "base64",
+            "-o",
+            "out/sub.txt",
+            cwd=tmp_path,
+        )
     assert done.returncode == 0, done.stderr
     assert parse_body((tmp_path / "out" / "sub.txt").read_bytes()).shape == "base64"
 
@@ -121,27 +126,6 @@ def test_cli_fails_when_nothing_converts(tmp_path: Path) -> None:
     assert "page.html: unreadable: body is an HTML page" in done.stderr
     missing = _cli("nope.txt", "--to", "links", cwd=tmp_path)
     assert missing.returncode == 2 and "nope.txt: cannot read" in missing.stderr
-
-
-@contextlib.contextmanager
-def _serve(body: bytes) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/sub"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_targets_are_the_documented_ones() -> None:

@@ -13,7 +13,7 @@ import yaml
 from configstream.demo import World
 from configstream.models import Status
 from configstream.parse import parse_body
-from tests.conftest import CORPUS, corpus_files, run_cli
+from tests.conftest import CORPUS, corpus_files, run_cli, world_run_args
 
 
 @pytest.fixture(scope="module")
@@ -284,23 +284,7 @@ def test_check_command_reports_each_link(world: World, tmp_path: Path) -> None:
 
 def test_second_run_reuses_fresh_results(world: World, tmp_path: Path) -> None:
     """A warm run reuses every fresh alive/dead result; --fresh tests again."""
-    args = [
-        "run",
-        "--sources",
-        str(world.sources_file),
-        "--output",
-        "out",
-        "--cache",
-        "cache",
-        "--test-url",
-        world.test_url,
-        "--trace-url",
-        world.trace_url,
-        "--geoip",
-        str(world.geoip),
-        "--timeout",
-        "3",
-    ]
+    args = world_run_args(world)
     outcomes = []
     for extra in ([], [], ["--fresh"]):
         done = run_cli(*args, *extra, cwd=tmp_path)

@@ -8,33 +8,18 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from configstream.demo import TraceHandler, serve_http
 from configstream.models import Proxy, Status
 from configstream.probe import ProbeSettings, ProxyTester, parse_trace
 from configstream.singbox import Core, reserve_ports, run_core
 
 PASSWORD = "probe-test-password"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/generate_204":
-            self.send_response(204)
-            self.end_headers()
-            return
-        body = f"ip={self.client_address[0]}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @contextlib.contextmanager
@@ -63,7 +48,7 @@ def _https_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         check=True,
         capture_output=True,
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TraceHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -149,7 +134,7 @@ def test_config_the_core_refuses_does_not_cost_the_batch(core: Core) -> None:
     nothing = Proxy(
         "shadowsocks", "127.0.0.1", closed, method="aes-128-gcm", password=PASSWORD
     )
-    with _plain_server() as http_port:
+    with serve_http(TraceHandler) as http_port:
         settings = ProbeSettings(
             test_url=f"http://127.0.0.1:{http_port}/generate_204",
             trace_url=f"http://127.0.0.1:{http_port}/cdn-cgi/trace",
@@ -169,18 +154,6 @@ def test_config_the_core_refuses_does_not_cost_the_batch(core: Core) -> None:
     assert results[nothing].status is Status.DEAD
 
 
-@contextlib.contextmanager
-def _plain_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize(
     ("body", "ip"),
     [
@@ -194,7 +167,7 @@ def test_parse_trace_reads_the_ip_line(body: str, ip: str | None) -> None:
     assert parse_trace(body) == ip
 
 
-class _OnceHandler(_Handler):
+class _OnceHandler(TraceHandler):
     """Answers the test URL once, then fails: a proxy that works now and then."""
 
     served = 0
