@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from configstream.errors import LinkError
-from configstream.models import Proxy, Tls, Transport
+from configstream.models import Proxy, Tls, Transport, renamed
 from configstream.parse.validate import check_host, validate
 
 # Links longer than this are junk glued together; refusing them early keeps a
@@ -66,16 +66,22 @@ def b64decode_lenient(text: str) -> bytes:
 
 
 def _split_query(query: str) -> dict[str, str]:
+    if not query:
+        return {}
     # Publishers that pasted links through HTML leave `&amp;` in queries.
-    query = query.replace("&amp;", "&")
+    if "&amp;" in query:
+        query = query.replace("&amp;", "&")
+    escaped = "%" in query
     params: dict[str, str] = {}
     for item in query.split("&"):
-        if not item:
-            continue
         key, _, value = item.partition("=")
         # '+' stays '+': share links are not form-encoded, and keys and
         # base64 values keep their plus signs.
-        params.setdefault(unquote_lenient(key).strip(), unquote_lenient(value).strip())
+        if escaped:
+            key, value = unquote_lenient(key), unquote_lenient(value)
+        key = key.strip()
+        if key and key not in params:
+            params[key] = value.strip()
     return params
 
 
@@ -217,10 +223,10 @@ def _default_sni(host: str) -> str:
 
 
 def _tls_from_params(params: dict[str, str], default_sni: str = "") -> Tls:
-    insecure = any(
-        _flag(params.get(key))
-        for key in ("allowInsecure", "insecure", "allow_insecure")
-    )
+    insecure = False
+    for key in ("allowInsecure", "insecure", "allow_insecure"):
+        if key in params and _flag(params[key]):
+            insecure = True
     return Tls(
         server_name=params.get("sni") or params.get("peer") or default_sni,
         insecure=insecure,
@@ -801,8 +807,27 @@ SCHEMES = tuple(_PARSERS)
 SPLIT_SCHEMES = tuple(s for s in SCHEMES if s not in {"http", "https"})
 
 
+# Schemes whose name is read from somewhere other than the `#` fragment
+# (vmess and ssr carry it inside the base64 body), so a link of theirs is
+# only reused whole.
+_NAME_INSIDE = frozenset({"vmess", "ssr"})
+# Results kept for reuse; cleared whole when full (a run's distinct links
+# fit many times over, and clearing is cheaper than tracking use).
+MEMO_LIMIT = 200_000
+_memo: dict[str, Proxy | LinkError] = {}
+
+
+def clear_memo() -> None:
+    """Forget every remembered parse result (benchmarks start cold)."""
+    _memo.clear()
+
+
 def parse_link(link: str) -> Proxy:
     """Parse one share link of any supported scheme.
+
+    Publishers copy each other, so the same config arrives many times, often
+    renamed: a result is remembered by the link without its name, and a
+    repeat only gets its own name put in.
 
     Raises:
         LinkError: the link is malformed or its scheme is unsupported; the
@@ -812,6 +837,32 @@ def parse_link(link: str) -> Proxy:
     if len(link) > MAX_LINK_LENGTH:
         raise LinkError("too-long", f"link of {len(link)} characters")
     scheme = link.partition("://")[0].lower()
+    key, _, fragment = link.partition("#")
+    named_inside = scheme in _NAME_INSIDE or (
+        # A vmess body labelled ss:// (see _mislabelled_ss).
+        scheme == "ss" and link[5:8] == "eyJ"
+    )
+    if named_inside:
+        key = link
+    known = _memo.get(key)
+    if known is None:
+        try:
+            known = _parse_fresh(link, scheme)
+        except LinkError as exc:
+            known = exc.with_traceback(None)
+        if len(_memo) >= MEMO_LIMIT:
+            _memo.clear()
+        _memo[key] = known
+        if not isinstance(known, LinkError):
+            return known
+    if isinstance(known, LinkError):
+        # A fresh error each time: a kept one would hold its traceback's
+        # frames, and re-raising it would grow that traceback.
+        raise LinkError(known.reason, known.detail)
+    return known if named_inside else renamed(known, unquote_lenient(fragment).strip())
+
+
+def _parse_fresh(link: str, scheme: str) -> Proxy:
     parser = _PARSERS.get(scheme)
     if parser is None:
         shown = scheme if scheme.isascii() and len(scheme) < 20 else scheme[:20]

@@ -15,7 +15,7 @@ import re
 import uuid
 
 from configstream.errors import LinkError
-from configstream.models import Proxy
+from configstream.models import Proxy, Tls
 
 # Ciphers Shadowsocks clients (sing-box, mihomo, Xray) implement.
 SS_METHODS = frozenset(
@@ -64,8 +64,19 @@ VLESS_FLOWS = frozenset({"", "xtls-rprx-vision", "xtls-rprx-vision-udp443"})
 # namespace, as uuid5 does); longer text is not an id.
 MAX_ID_TEXT_BYTES = 30
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_UUID_PROTOCOLS = {"vmess", "vless", "tuic"}
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# A dotted quad in canonical form: no leading zeros, every octet below 256.
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+# Two or more labels whose last one is not all digits (a broken address).
+_DNS_NAME = re.compile(rf"(?:{_LABEL}\.)+(?!\d+\Z){_LABEL}\Z")
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
+)
+_UUID_PROTOCOLS = frozenset({"vmess", "vless", "tuic"})
+_USER_PASSWORD_PROTOCOLS = frozenset({"socks", "http", "naive"})
+_PASSWORD_PROTOCOLS = frozenset({"trojan", "hysteria2", "anytls"})
+_QUIC_PROTOCOLS = frozenset({"hysteria2", "hysteria", "tuic"})
 
 
 def normalize_uuid(text: str) -> str:
@@ -75,6 +86,8 @@ def normalize_uuid(text: str) -> str:
         LinkError: the text is neither a UUID nor a short id string.
     """
     text = text.strip()
+    if _CANONICAL_UUID.match(text):
+        return text
     try:
         return str(uuid.UUID(text))
     except ValueError:
@@ -93,11 +106,11 @@ def check_host(host: str) -> str:
     host = host.strip().lower().rstrip(".")
     if not host:
         raise LinkError("missing-server", "no server address")
-    if _IPV4.match(host) and all(len(x) == 1 or x[0] != "0" for x in host.split(".")):
-        # The common case, checked without building an address object.
-        if all(int(x) < 256 for x in host.split(".")):
-            return host
-        raise LinkError("bad-server", "server is not a valid IP address")
+    # The common cases first, each settled by one regular expression.
+    if _CANONICAL_IPV4.match(host):
+        return host
+    if len(host) <= 253 and _DNS_NAME.match(host):
+        return host
     if _IPV4.match(host) or ":" in host:
         try:
             address, _, zone = host.partition("%")
@@ -105,11 +118,9 @@ def check_host(host: str) -> str:
         except ValueError:
             raise LinkError("bad-server", "server is not a valid IP address") from None
     labels = host.split(".")
-    if len(host) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
-        raise LinkError("bad-server", "server is not a valid IP address or DNS name")
-    if labels[-1].isdigit():
+    if len(labels) > 1 and labels[-1].isdigit():
         raise LinkError("bad-server", "server looks like a broken IP address")
-    return host
+    raise LinkError("bad-server", "server is not a valid IP address or DNS name")
 
 
 def _check_2022_key(method: str, password: str) -> None:
@@ -184,71 +195,88 @@ def validate(proxy: Proxy) -> Proxy:
         LinkError: a field has a value no client accepts.
     """
     # Every reader has already passed the server through check_host.
+    # Most configs are already normal, so only differing values are
+    # collected: copying every proxy would double the parse time.
+    changes: dict[str, object] = {}
+    protocol = proxy.protocol
     # Credentials lose stray outer whitespace, which YAML readers drop too.
-    changes: dict[str, object] = {
-        "password": proxy.password.strip(),
-        "username": proxy.username.strip(),
-    }
-    if proxy.protocol in {"socks", "http", "naive"} and not changes["username"]:
+    password, username = proxy.password.strip(), proxy.username.strip()
+    if protocol in _USER_PASSWORD_PROTOCOLS and not username:
         # Without a user name these protocols send no password at all.
-        changes["password"] = ""
-    if proxy.protocol == "hysteria2" and proxy.ports == (f"{proxy.port}:{proxy.port}",):
-        changes["ports"] = ()  # hopping over the main port alone is no hopping
-    if proxy.protocol in _UUID_PROTOCOLS:
+        password = ""
+    if password != proxy.password:
+        changes["password"] = password
+    if username != proxy.username:
+        changes["username"] = username
+    if protocol in _UUID_PROTOCOLS:
         if not proxy.uuid:
-            raise LinkError(
-                "missing-credential", f"{proxy.protocol} config has no user id"
-            )
-        changes["uuid"] = normalize_uuid(proxy.uuid)
-    if proxy.protocol == "shadowsocks":
-        method = "none" if proxy.method == "plain" else proxy.method
-        if method not in SS_METHODS:
-            raise LinkError(
-                "bad-cipher", f"shadowsocks cipher {method[:30]!r} is unknown"
-            )
-        if method.startswith("2022-"):
-            _check_2022_key(method, proxy.password)
-        changes["method"] = method
-        # 'obfs' and 'simple-obfs' are other names of the obfs-local client.
-        plugin = (
-            "obfs-local" if proxy.plugin in {"obfs", "simple-obfs"} else proxy.plugin
-        )
-        changes["plugin"] = plugin
-        changes["plugin_opts"] = _plugin_options(plugin, proxy.plugin_opts)
-    if proxy.protocol == "vmess":
+            raise LinkError("missing-credential", f"{protocol} config has no user id")
+        uuid_text = normalize_uuid(proxy.uuid)
+        if uuid_text != proxy.uuid:
+            changes["uuid"] = uuid_text
+    elif protocol == "shadowsocks":
+        changes.update(_shadowsocks_changes(proxy))
+    elif protocol == "hysteria2" and proxy.ports == (f"{proxy.port}:{proxy.port}",):
+        changes["ports"] = ()  # hopping over the main port alone is no hopping
+    elif protocol == "wireguard":
+        _check_wireguard(proxy)
+    elif protocol == "ssh" and not proxy.username:
+        raise LinkError("missing-credential", "ssh config has no user")
+    if protocol == "vmess":
         method = proxy.method.lower()
         # Converters write a missing value as 'null' or leave it empty.
-        changes["method"] = method if method in VMESS_SECURITY else "auto"
-    if proxy.protocol == "wireguard":
-        _check_wireguard(proxy)
-    if proxy.protocol == "ssh" and not proxy.username:
-        raise LinkError("missing-credential", "ssh config has no user")
-    if proxy.protocol in {"trojan", "hysteria2", "anytls"} and not proxy.password:
-        raise LinkError(
-            "missing-credential", f"{proxy.protocol} config has no password"
-        )
-    if proxy.protocol == "vless" and proxy.flow not in VLESS_FLOWS:
+        method = method if method in VMESS_SECURITY else "auto"
+        if method != proxy.method:
+            changes["method"] = method
+    elif protocol in _PASSWORD_PROTOCOLS and not password:
+        raise LinkError("missing-credential", f"{protocol} config has no password")
+    elif protocol == "vless" and proxy.flow not in VLESS_FLOWS:
         raise LinkError(
             "bad-flow", f"vless flow {proxy.flow[:30]!r} is obsolete or unknown"
         )
     if proxy.tls is not None:
-        fingerprint = proxy.tls.fingerprint.lower()
-        server_name = proxy.tls.server_name
-        if not server_name and proxy.protocol == "vmess" and proxy.transport:
-            # v2rayN sends the first Host as SNI when a vmess config names
-            # none; every shape is read the same way.
-            server_name = proxy.transport.host.split(",")[0].strip()
-        fingerprint = fingerprint if fingerprint in FINGERPRINTS else ""
-        if proxy.protocol in {"hysteria2", "hysteria", "tuic"}:
-            fingerprint = ""  # QUIC handshakes have no uTLS fingerprint
-        if proxy.tls.is_reality and not fingerprint:
-            # REALITY cannot run without a uTLS fingerprint; clients fill
-            # in chrome, so every written form says so.
-            fingerprint = "chrome"
-        if (server_name, fingerprint) != (proxy.tls.server_name, proxy.tls.fingerprint):
-            changes["tls"] = dataclasses.replace(
-                proxy.tls, server_name=server_name, fingerprint=fingerprint
-            )
-    # Most configs are already normal; copying them would double parse time.
-    changes = {k: v for k, v in changes.items() if getattr(proxy, k) != v}
+        tls = _normal_tls(proxy)
+        if tls is not proxy.tls:
+            changes["tls"] = tls
     return dataclasses.replace(proxy, **changes) if changes else proxy  # type: ignore[arg-type]
+
+
+def _shadowsocks_changes(proxy: Proxy) -> dict[str, object]:
+    method = "none" if proxy.method == "plain" else proxy.method
+    if method not in SS_METHODS:
+        raise LinkError("bad-cipher", f"shadowsocks cipher {method[:30]!r} is unknown")
+    if method.startswith("2022-"):
+        _check_2022_key(method, proxy.password)
+    # 'obfs' and 'simple-obfs' are other names of the obfs-local client.
+    plugin = "obfs-local" if proxy.plugin in {"obfs", "simple-obfs"} else proxy.plugin
+    changes: dict[str, object] = {
+        "method": method,
+        "plugin": plugin,
+        "plugin_opts": (
+            _plugin_options(plugin, proxy.plugin_opts) if plugin else proxy.plugin_opts
+        ),
+    }
+    return {
+        key: value for key, value in changes.items() if getattr(proxy, key) != value
+    }
+
+
+def _normal_tls(proxy: Proxy) -> Tls:
+    """The proxy's TLS block with SNI and fingerprint as clients read them."""
+    tls = proxy.tls
+    assert tls is not None
+    fingerprint = tls.fingerprint.lower()
+    server_name = tls.server_name
+    if not server_name and proxy.protocol == "vmess" and proxy.transport:
+        # v2rayN sends the first Host as SNI when a vmess config names none;
+        # every shape is read the same way.
+        server_name = proxy.transport.host.split(",")[0].strip()
+    if fingerprint not in FINGERPRINTS or proxy.protocol in _QUIC_PROTOCOLS:
+        fingerprint = ""  # unknown, or a QUIC handshake, which has none
+    if tls.is_reality and not fingerprint:
+        # REALITY cannot run without a uTLS fingerprint; clients fill in
+        # chrome, so every written form says so.
+        fingerprint = "chrome"
+    if server_name == tls.server_name and fingerprint == tls.fingerprint:
+        return tls
+    return dataclasses.replace(tls, server_name=server_name, fingerprint=fingerprint)
