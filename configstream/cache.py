@@ -7,11 +7,13 @@ by name) and a history of runs. No other module writes SQL.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,11 +22,21 @@ import lz4.frame
 import msgpack
 
 from configstream.errors import ConfigStreamError
-from configstream.models import Entry, ProbeResult, Status, identity
+from configstream.models import (
+    Entry,
+    ParseReport,
+    ProbeResult,
+    Proxy,
+    Rejection,
+    Status,
+    Tls,
+    Transport,
+    identity,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DATABASE_NAME = "configstream.sqlite3"
 # Runs kept for trends; older rows are dropped when a run is recorded.
 MAX_RUNS = 500
@@ -37,11 +49,85 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, finished_at REAL NOT NULL, value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fetch_state (
+    name TEXT PRIMARY KEY, url TEXT NOT NULL, etag TEXT, last_modified TEXT,
+    body_hash TEXT NOT NULL, fetched_at REAL NOT NULL, report BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS source_health (
+    run_id INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
+_TABLES = ("results", "runs", "fetch_state", "source_health")
+# Per-source health rows are kept for this many runs.
+SOURCE_HEALTH_RUNS = 60
 
 
 class CacheError(ConfigStreamError):
     """The cache folder cannot be used."""
+
+
+@dataclass(slots=True)
+class FetchState:
+    """A source's validators and body hash, and the parse of that body."""
+
+    etag: str | None
+    last_modified: str | None
+    body_hash: str
+    report: ParseReport
+
+
+def _proxy_data(proxy: Proxy) -> dict[str, Any]:
+    # asdict turns the nested Tls/Transport into dicts and tuples into lists.
+    return dataclasses.asdict(proxy)
+
+
+def _proxy_from_data(data: dict[str, Any]) -> Proxy:
+    tls, transport = data.pop("tls"), data.pop("transport")
+    return Proxy(
+        **{
+            key: (tuple(_tuples(value)) if isinstance(value, list) else value)
+            for key, value in data.items()
+        },
+        tls=Tls(**{**tls, "alpn": tuple(tls["alpn"])}) if tls else None,
+        transport=(
+            Transport(**{**transport, "options": tuple(_tuples(transport["options"]))})
+            if transport
+            else None
+        ),
+    )
+
+
+def _tuples(items: list[Any]) -> list[Any]:
+    return [tuple(item) if isinstance(item, list) else item for item in items]
+
+
+def report_to_data(report: ParseReport) -> dict[str, Any]:
+    """A parse report as plain msgpack-able values (every proxy field kept)."""
+    return {
+        "shape": report.shape,
+        "found": report.found,
+        "lines": report.lines,
+        "ignored_lines": report.ignored_lines,
+        "proxies": [_proxy_data(proxy) for proxy in report.proxies],
+        "rejections": [[r.reason, r.detail, r.where] for r in report.rejections],
+    }
+
+
+def report_from_data(data: dict[str, Any]) -> ParseReport:
+    """The inverse of `report_to_data`.
+
+    Raises:
+        ValueError, TypeError, KeyError: the data is not a stored report.
+    """
+    return ParseReport(
+        shape=data["shape"],
+        proxies=[_proxy_from_data(dict(item)) for item in data["proxies"]],
+        rejections=[Rejection(*item) for item in data["rejections"]],
+        found=data["found"],
+        lines=data["lines"],
+        ignored_lines=data["ignored_lines"],
+    )
 
 
 # How long a second run waits for the first to release the cache.
@@ -133,7 +219,9 @@ class Cache:
                 "cache schema %s is not %s; rebuilding it", row[0], SCHEMA_VERSION
             )
             connection.executescript(
-                "DROP TABLE results; DROP TABLE runs; DELETE FROM meta;" + _SCHEMA
+                "".join(f"DROP TABLE IF EXISTS {name};" for name in _TABLES)
+                + "DELETE FROM meta;"
+                + _SCHEMA
             )
             row = None
         if row is None:
@@ -223,19 +311,78 @@ class Cache:
         return None
 
     def record_run(self, stats: dict[str, Any]) -> None:
-        """Append a run's stats to the history, keeping the last `MAX_RUNS`."""
+        """Append a run's stats and per-source health to the history.
+
+        The last `MAX_RUNS` runs and the last `SOURCE_HEALTH_RUNS` runs of
+        source health are kept.
+        """
         summary = {
             key: stats.get(key)
             for key in ("fetch", "parse", "dedupe", "test", "seconds", "degraded")
         }
         with self.connection:
-            self.connection.execute(
+            run_id = self.connection.execute(
                 "INSERT INTO runs (finished_at, value) VALUES (?, ?)",
                 (time.time(), pack(summary)),
+            ).lastrowid
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO source_health VALUES (?, ?, ?)",
+                [
+                    (run_id, row["name"], pack(row))
+                    for row in stats.get("sources") or []
+                ],
             )
             self.connection.execute(
                 "DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?",
                 (MAX_RUNS,),
+            )
+            self.connection.execute(
+                "DELETE FROM source_health WHERE run_id <= ? - ?",
+                (run_id, SOURCE_HEALTH_RUNS),
+            )
+
+    def source_history(self) -> dict[str, list[dict[str, Any]]]:
+        """Each source's health rows, oldest first, with the run's time."""
+        rows = self.connection.execute(
+            "SELECT h.name, r.finished_at, h.value FROM source_health h "
+            "JOIN runs r ON r.id = h.run_id ORDER BY h.run_id"
+        )
+        history: dict[str, list[dict[str, Any]]] = {}
+        for name, finished_at, value in rows:
+            history.setdefault(name, []).append(
+                {**unpack(value), "finished_at": finished_at}
+            )
+        return history
+
+    def fetch_state(self, name: str, url: str) -> FetchState | None:
+        """What the last good fetch of a source left, if its URL is unchanged."""
+        row = self.connection.execute(
+            "SELECT etag, last_modified, body_hash, report FROM fetch_state "
+            "WHERE name=? AND url=?",
+            (name, url),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            report = report_from_data(unpack(row[3]))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("cached parse of source %s is unreadable: %s", name, exc)
+            return None
+        return FetchState(row[0], row[1], row[2], report)
+
+    def record_fetch_state(self, name: str, url: str, state: FetchState) -> None:
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO fetch_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    url,
+                    state.etag,
+                    state.last_modified,
+                    state.body_hash,
+                    time.time(),
+                    pack(report_to_data(state.report)),
+                ),
             )
 
     def last_good_alive(self) -> int | None:

@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import email.utils
+import hashlib
 import json
 import secrets
 import socket
@@ -112,12 +114,29 @@ class TraceHandler(BaseHTTPRequestHandler):
 
 
 def file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHandler]:
-    """A handler serving fixed (status, body) pairs by path; 404 for the rest."""
+    """A handler serving fixed (status, body) pairs by path; 404 for the rest.
+
+    Answers of status 200 carry an ETag (a hash of the body) and a fixed
+    Last-Modified, and a matching conditional request gets 304, as GitHub's
+    raw file server does.
+    """
+    modified = email.utils.formatdate(usegmt=True)
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self) -> None:  # noqa: N802
             status, body = files.get(self.path, (404, b"not found\n"))
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            if status == 200 and (
+                self.headers.get("If-None-Match") == etag
+                or self.headers.get("If-Modified-Since") == modified
+            ):
+                status, body = 304, b""
             self.send_response(status)
+            if status in {200, 304}:
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import tenacity
 
 from configstream import __version__
 from configstream.config import Source
@@ -20,31 +23,112 @@ log = logging.getLogger(__name__)
 # exhausting memory.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_CONCURRENT_FETCHES = 32
+# Many sources live on one host (raw.githubusercontent.com); more parallel
+# requests than this to one host only earn 429s.
+MAX_PER_HOST = 6
 MAX_REDIRECTS = 5
+# Transient failures are tried this many times in all, waiting about 0.5,
+# 1, 2 s (with jitter) in between, or what Retry-After asks, up to a cap.
+ATTEMPTS = 3
+MAX_RETRY_AFTER = 30.0
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = f"ConfigStream/{__version__} (+subscription aggregator)"
 
 
 @dataclass(slots=True)
+class Validators:
+    """What a conditional request sends: the last ETag and Last-Modified."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass(slots=True)
 class FetchResult:
-    """One source's download: the body, or why there is none."""
+    """One source's download: the body, or why there is none.
+
+    A 304 answer has no body and `not_modified` set: the caller reuses what
+    it kept from the last fetch.
+    """
 
     source: Source
     body: bytes | None = None
     status: int | None = None
     error: str = ""
     seconds: float = 0.0
+    attempts: int = 0
+    not_modified: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
 
     @property
     def is_ok(self) -> bool:
-        return self.body is not None
+        return self.body is not None or self.not_modified
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _download(client: httpx.AsyncClient, url: str) -> tuple[int, bytes]:
-    async with client.stream("GET", url) as response:
+class _Transient(Exception):
+    """A status worth asking again for; `retry_after` is the server's wish."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (_Transient, httpx.TimeoutException, httpx.TransportError))
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Exponential backoff with jitter, or the server's Retry-After if longer."""
+
+    def __init__(self, base: float) -> None:
+        self.backoff = tenacity.wait_exponential_jitter(initial=base, jitter=base)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        wait = self.backoff(retry_state)
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            wait = max(wait, min(exc.retry_after, MAX_RETRY_AFTER))
+        return float(wait)
+
+
+async def _download(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> tuple[httpx.Response, bytes]:
+    """GET `url`: the response and its body, read under the size cap."""
+    async with client.stream("GET", url, headers=headers) as response:
+        if response.status_code in RETRY_STATUSES:
+            raise _Transient(
+                response.status_code, _retry_after(response.headers.get("Retry-After"))
+            )
         chunks: list[bytes] = []
         size = 0
         # Counting decoded bytes as they stream also stops decompression bombs.
@@ -53,17 +137,42 @@ async def _download(client: httpx.AsyncClient, url: str) -> tuple[int, bytes]:
             if size > MAX_BODY_BYTES:
                 raise _TooLarge
             chunks.append(chunk)
-        return response.status_code, b"".join(chunks)
+        return response, b"".join(chunks)
 
 
-async def fetch_source(client: httpx.AsyncClient, source: Source) -> FetchResult:
-    """Fetch one source; failures are recorded in the result, never raised."""
+async def fetch_source(
+    client: httpx.AsyncClient,
+    source: Source,
+    validators: Validators | None = None,
+    retry_base: float = 0.5,
+) -> FetchResult:
+    """Fetch one source; failures are recorded in the result, never raised.
+
+    With `validators`, the request is conditional and a 304 sets
+    `not_modified`. Timeouts, connection errors, 408, 429 and 5xx are tried
+    again (see `ATTEMPTS`); other answers are final.
+    """
     result = FetchResult(source)
     started = time.perf_counter()
     try:
         if source.is_remote:
-            result.status, body = await _download(client, source.url)
-            if result.status >= 400:
+            headers = validators.headers() if validators else {}
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(_is_transient),
+                stop=tenacity.stop_after_attempt(ATTEMPTS),
+                wait=_Wait(retry_base),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    result.attempts += 1
+                    response, body = await _download(client, source.url, headers)
+            result.status = response.status_code
+            result.etag = response.headers.get("ETag")
+            result.last_modified = response.headers.get("Last-Modified")
+            if result.status == 304 and validators is not None:
+                result.not_modified = True
+            elif result.status >= 300:
                 result.error = f"HTTP {result.status}"
             else:
                 result.body = body
@@ -74,10 +183,13 @@ async def fetch_source(client: httpx.AsyncClient, source: Source) -> FetchResult
                     None,
                     f"file larger than {MAX_BODY_BYTES} bytes",
                 )
+    except _Transient as exc:
+        result.status = exc.status
+        result.error = f"HTTP {exc.status} after {result.attempts} attempts"
     except _TooLarge:
         result.error = f"body larger than {MAX_BODY_BYTES} bytes"
     except httpx.TimeoutException:
-        result.error = "timeout"
+        result.error = f"timeout after {result.attempts} attempts"
     except httpx.TooManyRedirects:
         result.error = f"more than {MAX_REDIRECTS} redirects"
     except httpx.HTTPError as exc:
@@ -94,21 +206,34 @@ async def fetch_all(
     sources: Sequence[Source],
     timeout: float,
     progress: Callable[[FetchResult], None] | None = None,
+    validators: Mapping[str, Validators] | None = None,
+    retry_base: float = 0.5,
 ) -> list[FetchResult]:
-    """Fetch every source concurrently, in input order."""
+    """Fetch every source concurrently, in input order.
+
+    `validators` maps a source name to what its last fetch left, for a
+    conditional request.
+    """
     limit = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+    per_host: dict[str, asyncio.Semaphore] = {}
     client = httpx.AsyncClient(
         http2=True,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        limits=httpx.Limits(max_connections=MAX_CONCURRENT_FETCHES),
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         headers={"User-Agent": USER_AGENT},
         trust_env=False,
     )
+    validators = validators or {}
 
     async def one(source: Source) -> FetchResult:
-        async with limit:
-            result = await fetch_source(client, source)
+        host = urllib.parse.urlsplit(source.url).netloc
+        host_limit = per_host.setdefault(host, asyncio.Semaphore(MAX_PER_HOST))
+        async with limit, host_limit:
+            result = await fetch_source(
+                client, source, validators.get(source.name), retry_base
+            )
         if progress:
             progress(result)
         return result

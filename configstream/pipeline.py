@@ -7,6 +7,7 @@ together, counts what happened and times each stage into the stats.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -17,12 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from configstream import __version__
-from configstream.cache import Cache, exclusive
+from configstream.cache import Cache, FetchState, exclusive
 from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
-from configstream.fetch import FetchResult, fetch_all
+from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
-from configstream.models import Entry, ProbeResult, Proxy, Status, identity
+from configstream.models import (
+    Entry,
+    ParseReport,
+    ProbeResult,
+    Proxy,
+    Status,
+    identity,
+)
 from configstream.parse import parse_body
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_health, write_outputs
@@ -56,12 +64,51 @@ class RunOutcome:
     degraded: str = ""
 
 
+def _body_hash(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def _read_source(
+    result: FetchResult, cache: Cache, kept: dict[str, FetchState]
+) -> tuple[ParseReport, str]:
+    """The source's parse report, and 'not-modified', 'same-body' or 'parsed'.
+
+    A 304, or a body whose hash matches the last one, reuses the kept parse;
+    a new body is parsed and kept with its validators for the next run.
+
+    Raises:
+        SourceError: the body is unreadable.
+    """
+    source = result.source
+    state = kept.get(source.name)
+    if result.not_modified and state is not None:
+        return state.report, "not-modified"
+    assert result.body is not None
+    digest = _body_hash(result.body)
+    if state is not None and state.body_hash == digest:
+        how, report = "same-body", state.report
+    else:
+        how, report = "parsed", parse_body(result.body, source.format)
+    if source.is_remote:
+        cache.record_fetch_state(
+            source.name,
+            source.url,
+            FetchState(result.etag, result.last_modified, digest, report),
+        )
+    return report, how
+
+
 def _parse_sources(
-    fetched: Sequence[FetchResult], stats: dict[str, Any], reporter: Reporter
+    fetched: Sequence[FetchResult],
+    stats: dict[str, Any],
+    reporter: Reporter,
+    cache: Cache,
+    kept: dict[str, FetchState],
 ) -> tuple[dict[Proxy, Entry], list[dict[str, Any]]]:
     entries: dict[Proxy, Entry] = {}
     per_source: list[dict[str, Any]] = []
     rejected: Counter[str] = Counter()
+    reuse: Counter[str] = Counter()
     found = parsed = unreadable = lines = ignored = 0
     for result in fetched:
         source = result.source
@@ -75,15 +122,17 @@ def _parse_sources(
         }
         per_source.append(row)
         reporter.advance()
-        if result.body is None:
+        if not result.is_ok:
             continue
         try:
-            report = parse_body(result.body, source.format)
+            report, how = _read_source(result, cache, kept)
         except SourceError as exc:
             row.update(status="unreadable", error=str(exc))
             unreadable += 1
             log.warning("source %s is unreadable: %s", source.name, exc)
             continue
+        reuse[how] += 1
+        row["parse"] = how
         reasons = Counter(r.reason for r in report.rejections)
         rejected.update(reasons)
         found += report.found
@@ -121,6 +170,10 @@ def _parse_sources(
         "rejected": sum(rejected.values()),
         "rejected_by_reason": dict(rejected.most_common()),
         "unreadable_sources": unreadable,
+        # Sources whose last parse was reused: answered 304, or the same body.
+        "not_modified": reuse["not-modified"],
+        "same_body": reuse["same-body"],
+        "parsed_sources": reuse["parsed"],
     }
     return entries, per_source
 
@@ -242,7 +295,7 @@ def _locate(
 
 
 async def _run_pipeline(
-    settings: RunSettings, reporter: Reporter | None = None
+    settings: RunSettings, cache: Cache, reporter: Reporter | None = None
 ) -> RunOutcome:
     reporter = reporter or _Silent()
     started = time.perf_counter()
@@ -252,14 +305,30 @@ async def _run_pipeline(
     mark = time.perf_counter()
     sources = [s for s in settings.sources if s.enabled]
     reporter.stage("fetch", len(sources))
+    # A source's last parse is kept with its validators; without one there
+    # is nothing a 304 could reuse, so the request is not conditional.
+    kept = {
+        source.name: state
+        for source in sources
+        if source.is_remote
+        and (state := cache.fetch_state(source.name, source.url)) is not None
+        and not settings.fresh
+    }
     fetched = await fetch_all(
-        sources, settings.fetch_timeout, lambda _: reporter.advance()
+        sources,
+        settings.fetch_timeout,
+        lambda _: reporter.advance(),
+        validators={
+            name: Validators(state.etag, state.last_modified)
+            for name, state in kept.items()
+            if state.etag or state.last_modified
+        },
     )
     seconds["fetch"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     reporter.stage("parse", len(fetched))
-    unique, per_source = _parse_sources(fetched, stats, reporter)
+    unique, per_source = _parse_sources(fetched, stats, reporter, cache, kept)
     ok = sum(1 for result in fetched if result.is_ok)
     stats["fetch"] = {
         "sources": len(sources),
@@ -283,8 +352,7 @@ async def _run_pipeline(
     if settings.no_test:
         _test_skipped(entries, stats)
     else:
-        with Cache.open(settings.cache) as cache:
-            await test_entries(entries, settings, reporter, stats, cache)
+        await test_entries(entries, settings, reporter, stats, cache)
     seconds["test"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -299,26 +367,25 @@ async def _run_pipeline(
     published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    with Cache.open(settings.cache) as cache:
-        degraded = _degraded(stats, settings, cache.last_good_alive())
-        if degraded:
-            # Keep the last good lists: clients would rather have yesterday's
-            # working configs than today's empty file.
-            log.error("run degraded, previous output kept: %s", degraded)
-            write_health(settings.output, stats, degraded)
-        else:
-            write_outputs(
-                settings.output,
-                published,
-                stats,
-                test_url=settings.test_url,
-                title=settings.title,
-            )
-        stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
-        reporter.advance()
-        stats["degraded"] = degraded
-        cache.record_results(entries)
-        cache.record_run(stats)
+    degraded = _degraded(stats, settings, cache.last_good_alive())
+    if degraded:
+        # Keep the last good lists: clients would rather have yesterday's
+        # working configs than today's empty file.
+        log.error("run degraded, previous output kept: %s", degraded)
+        write_health(settings.output, stats, degraded)
+    else:
+        write_outputs(
+            settings.output,
+            published,
+            stats,
+            test_url=settings.test_url,
+            title=settings.title,
+        )
+    stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
+    reporter.advance()
+    stats["degraded"] = degraded
+    cache.record_results(entries)
+    cache.record_run(stats)
     return RunOutcome(stats=stats, published=published, degraded=degraded)
 
 
@@ -352,8 +419,8 @@ async def run_pipeline(
         CoreError: testing was asked for and no usable sing-box exists.
         OutputError: the output folder cannot be written.
     """
-    with exclusive(settings.cache):
-        return await _run_pipeline(settings, reporter)
+    with exclusive(settings.cache), Cache.open(settings.cache) as cache:
+        return await _run_pipeline(settings, cache, reporter)
 
 
 def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:
