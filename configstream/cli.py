@@ -42,6 +42,7 @@ from configstream.config import (
 from configstream.convert import TARGETS, convert, report_problems
 from configstream.errors import ConfigStreamError, SettingsError
 from configstream.fetch import fetch_all
+from configstream.health import summarize
 from configstream.models import Entry
 from configstream.parse import FORMATS, parse_body
 from configstream.pipeline import run_pipeline, test_entries
@@ -146,6 +147,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--fresh", action="store_true", help="test everything, reusing no cached result"
     )
     parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_sources",
+        help="fetch every enabled source, also those resting after repeated failures",
+    )
+    parser.add_argument(
         "--min-alive-share",
         type=float,
         default=0.2,
@@ -217,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+    sources = commands.add_parser(
+        "sources", help="show each source's health over the recorded runs"
+    )
+    sources.add_argument(
+        "--cache", type=Path, default=Path("cache"), help="cache folder"
+    )
+    sources.add_argument("--json", action="store_true", help="print JSON, not a table")
+    sources.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
     demo = commands.add_parser(
         "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"
     )
@@ -240,6 +256,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
         no_test=args.no_test,
         min_alive_share=args.min_alive_share,
         fresh=args.fresh,
+        all_sources=args.all_sources,
         singbox=args.singbox,
     )
     values.update(overrides)
@@ -311,6 +328,8 @@ def _command(args: argparse.Namespace) -> int:
         return _check(args)
     if args.command == "cache":
         return _cache(args)
+    if args.command == "sources":
+        return _sources(args)
     from configstream.demo import run_demo
 
     return run_demo(args, _settings, _run, print_summary)
@@ -357,6 +376,61 @@ def _cache(args: argparse.Namespace) -> int:
             if args.action == "prune":
                 print(f"pruned {cache.prune(args.older_than * 3600)} results")
             print(json.dumps(cache.summary(), indent=2))
+    return 0
+
+
+def _sources(args: argparse.Namespace) -> int:
+    with exclusive(args.cache), Cache.open(args.cache) as cache:
+        healths = summarize(cache.source_history())
+    if args.json:
+        rows = [
+            {
+                "name": h.name,
+                "runs": h.runs,
+                "ok_runs": h.ok_runs,
+                "failed_streak": h.failed_streak,
+                "useless_streak": h.useless_streak,
+                "flag": h.flag,
+                "last": h.last,
+            }
+            for h in healths
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not healths:
+        print(f"no runs recorded in {args.cache}")
+        return 0
+    table = Table(title=f"Sources over the recorded runs ({args.cache})")
+    columns = "source,ok runs,last,HTTP,found,parsed,rejected,only here,alive,s,flag"
+    for column in columns.split(","):
+        left = column in {"source", "last", "flag"}
+        table.add_column(
+            column,
+            justify="left" if left else "right",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=40 if left else None,
+        )
+    for h in healths:
+        last = h.last
+        ratio = last.get("alive_ratio")
+        table.add_row(
+            h.name,
+            f"{h.ok_runs}/{h.runs}",
+            str(last.get("status", ""))
+            + (f" ({last['parse']})" if last.get("parse") else ""),
+            str(last.get("http_status") or ""),
+            str(last.get("found", "")),
+            str(last.get("parsed", "")),
+            str(sum((last.get("rejected") or {}).values())),
+            str(last.get("only_here", "")),
+            f"{last.get('alive', 0)} ({ratio:.0%})" if ratio is not None else "",
+            f"{last.get('seconds', 0):.2f}" if last.get("seconds") is not None else "",
+            h.flag or (last.get("error") or ""),
+            style="yellow" if h.flag else None,
+        )
+    # A pipe gets the full table, not one squeezed into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 
 

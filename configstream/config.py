@@ -64,6 +64,8 @@ class RunSettings:
     alive_ttl: float = 3 * 3600
     dead_ttl: float = 3600
     fresh: bool = False
+    # Fetch flagged sources too (see configstream.health).
+    all_sources: bool = False
     title: str = "ConfigStream"
 
 

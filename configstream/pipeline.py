@@ -23,6 +23,7 @@ from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
+from configstream.health import add_outcomes, resting
 from configstream.models import (
     Entry,
     ParseReport,
@@ -303,7 +304,11 @@ async def _run_pipeline(
     stats: dict[str, Any] = {"version": __version__}
 
     mark = time.perf_counter()
-    sources = [s for s in settings.sources if s.enabled]
+    enabled = [s for s in settings.sources if s.enabled]
+    rest = {} if settings.all_sources else resting(cache.source_history())
+    sources = [s for s in enabled if s.name not in rest]
+    for name, why in rest.items():
+        log.info("source %s rests this run: %s", name, why)
     reporter.stage("fetch", len(sources))
     # A source's last parse is kept with its validators; without one there
     # is nothing a 304 could reuse, so the request is not conditional.
@@ -330,9 +335,15 @@ async def _run_pipeline(
     reporter.stage("parse", len(fetched))
     unique, per_source = _parse_sources(fetched, stats, reporter, cache, kept)
     ok = sum(1 for result in fetched if result.is_ok)
+    per_source += [
+        {"name": s.name, "status": "resting", "error": rest[s.name]}
+        for s in enabled
+        if s.name in rest
+    ]
     stats["fetch"] = {
         "sources": len(sources),
-        "disabled": len(settings.sources) - len(sources),
+        "disabled": len(settings.sources) - len(enabled),
+        "resting": len(enabled) - len(sources),
         "ok": ok,
         "failed": len(sources) - ok,
     }
@@ -354,6 +365,7 @@ async def _run_pipeline(
     else:
         await test_entries(entries, settings, reporter, stats, cache)
     seconds["test"] = time.perf_counter() - mark
+    add_outcomes(per_source, entries)
 
     mark = time.perf_counter()
     published = [

@@ -39,7 +39,13 @@ def test_stats_count_every_outcome(world: World, run_output: Path) -> None:
     assert stats["test"]["dead"] == world.dead
     assert stats["test"]["untestable"] == world.untestable
     assert stats["test"]["skipped"] == world.skipped
-    assert stats["fetch"] == {"sources": 6, "disabled": 0, "ok": 5, "failed": 1}
+    assert stats["fetch"] == {
+        "sources": 6,
+        "disabled": 0,
+        "resting": 0,
+        "ok": 5,
+        "failed": 1,
+    }
     assert stats["parse"]["unreadable_sources"] == 1
     assert (
         "REALITY needs uTLS, which this sing-box build lacks"

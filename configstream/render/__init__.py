@@ -7,7 +7,8 @@ the whole set is complete, so a failed run never leaves a half-written set.
 from __future__ import annotations
 
 import base64
-import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -321,19 +322,25 @@ def write_outputs(
 ) -> list[PublishedFile]:
     """Write the whole output set into `output`, replacing the previous set.
 
-    Entries are published in the order given. The new files are staged in a
-    sibling folder and renamed into place one by one only after all of them
-    were written, so an error while rendering leaves the old set untouched.
+    Entries are published in the order given. The new set is written whole
+    into a sibling folder, then swapped with `output` in one atomic step
+    (see `_swap`), so a crash at any moment leaves either the old set or the
+    new one, never a mix; the manifest, written last, names the set. Files
+    in `output` that no manifest listed (a CNAME, a README the maintainer
+    added) are carried into the new set.
 
     Raises:
         OutputError: the folder cannot be written.
     """
     stats.setdefault("generated_at", datetime.now(UTC).isoformat(timespec="seconds"))
     files = _build_files(entries, stats, test_url, title)
+    output = output.absolute()
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        previous = _manifest_names(output)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(output)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent)
+        )
         try:
             published = []
             for name, content in files.items():
@@ -343,6 +350,7 @@ def write_outputs(
                 published.append(
                     PublishedFile(name, len(data), hashlib.sha256(data).hexdigest())
                 )
+            _carry_unlisted(output, staging, set(files))
             manifest = {
                 "generated_at": stats["generated_at"],
                 "files": [
@@ -351,15 +359,9 @@ def write_outputs(
                 ],
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            for name in [*files, "manifest.json"]:
-                (output / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / name, output / name)
-            # Lists of the last run that this run has no more (a country that
-            # went dark) are removed, so no stale list keeps being served.
-            for name in previous - set(files):
-                with contextlib.suppress(OSError):
-                    (output / name).unlink()
+            _swap(staging, output)
         finally:
+            # After the swap this is the previous set.
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise OutputError(f"cannot write output to {output}: {exc.strerror}") from exc
@@ -383,6 +385,71 @@ def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
         "sources_failed": stats["fetch"]["failed"],
     }
     write_atomically(output / "health.json", json.dumps(health, indent=2))
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _swap(staging: Path, output: Path) -> None:
+    """Put the staged set in `output`'s place in one step.
+
+    Linux's renameat2(RENAME_EXCHANGE) swaps the two folders atomically; the
+    old set then sits at `staging`. Where that call is missing, the folders
+    are swapped with two renames, and a crash between them leaves the old
+    set at `.NAME.previous`, which the next write puts back.
+    """
+    if not output.exists():
+        os.rename(staging, output)
+        staging.mkdir()  # the caller removes it
+        return
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is not None:
+        done = renameat2(
+            _AT_FDCWD,
+            os.fsencode(staging),
+            _AT_FDCWD,
+            os.fsencode(output),
+            _RENAME_EXCHANGE,
+        )
+        if done == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in {errno.ENOSYS, errno.EINVAL}:
+            raise OSError(error, os.strerror(error), str(output))
+    previous = output.with_name(f".{output.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.rename(output, previous)
+    os.rename(staging, output)
+    os.rename(previous, staging)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Clear what an interrupted write left beside `output`."""
+    previous = output.with_name(f".{output.name}.previous")
+    if previous.is_dir() and not output.exists():
+        os.rename(previous, output)  # killed between the two fallback renames
+    for leftover in output.parent.glob(f".{output.name}.staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _carry_unlisted(output: Path, staging: Path, new_names: set[str]) -> None:
+    """Copy files of `output` that no manifest names into the staged set."""
+    if not output.is_dir():
+        return
+    listed = _manifest_names(output) | {"manifest.json"}
+    for path in output.rglob("*"):
+        name = path.relative_to(output).as_posix()
+        if path.is_file() and name not in listed and name not in new_names:
+            if any(part.startswith(".staging-") for part in path.parts):
+                continue
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / name)
 
 
 def _manifest_names(output: Path) -> set[str]:
