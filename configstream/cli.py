@@ -267,14 +267,24 @@ def print_summary(stats: dict[str, Any], output: Path) -> None:
     """A short table of the run's counts, on stdout."""
     table = Table(title="ConfigStream run", show_header=False)
     rows = [
-        ("sources ok / failed", f"{stats['fetch']['ok']} / {stats['fetch']['failed']}"),
+        (
+            "sources ok / failed / resting",
+            f"{stats['fetch']['ok']} / {stats['fetch']['failed']} / "
+            f"{stats['fetch'].get('resting', 0)}",
+        ),
         ("links found", stats["parse"]["found"]),
         (
             "parsed / rejected",
             f"{stats['parse']['parsed']} / {stats['parse']['rejected']}",
         ),
+        (
+            "sources unchanged (304 / same body)",
+            f"{stats['parse'].get('not_modified', 0)} / "
+            f"{stats['parse'].get('same_body', 0)}",
+        ),
         ("unique", stats["dedupe"]["unique"]),
         ("alive", stats["test"]["alive"]),
+        ("results reused from the cache", stats["test"].get("reused", 0)),
         ("dead", stats["test"]["dead"]),
         ("untestable", stats["test"]["untestable"]),
         ("skipped", stats["test"]["skipped"]),

@@ -20,9 +20,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import json
+import random
 import secrets
 import socket
 import subprocess
@@ -49,6 +51,8 @@ DEMO_SNI = "demo.configstream.test"
 # A documentation address (RFC 5737): outside the allowed loopback networks,
 # so the pipeline must skip it without sending a packet.
 OUTSIDE_SERVER = "203.0.113.9"
+# Kept in the cache folder: the seed and ports of the last demo world.
+WORLD_STATE = "demo-world.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +159,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[int]:
     """Serve `handler` on 127.0.0.1 until the block exits; yields the port."""
-    server = _Server((LOOPBACK, 0), handler)
+    server = _Server((LOOPBACK, port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -168,10 +172,11 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def black_hole_listener() -> Iterator[int]:
+def black_hole_listener(port: int = 0) -> Iterator[int]:
     """A TCP listener that accepts connections and never answers."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((LOOPBACK, port))
     listener.listen(1024)
     held: list[socket.socket] = []
     stop = threading.Event()
@@ -222,10 +227,83 @@ def tls_keypair(core: Core, folder: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _token(rng: random.Random) -> str:
+    return base64.urlsafe_b64encode(rng.randbytes(12)).decode().rstrip("=")
+
+
+@dataclass(slots=True)
+class _Ports:
+    """Every port a world listens on, kept so the next demo run can reuse it."""
+
+    tcp: list[int]
+    udp: list[int]
+    black_hole: int
+    sources: int
+    trace: int
+
+    @classmethod
+    def fresh(cls) -> _Ports:
+        tcp = reserve_ports(10)
+        return cls(tcp[:7], _udp_ports(2), tcp[7], tcp[8], tcp[9])
+
+    def all_free(self) -> bool:
+        """Whether every port can be bound now (another program may hold one)."""
+        wanted = (
+            [(socket.SOCK_STREAM, p) for p in self.tcp]
+            + [
+                (socket.SOCK_STREAM, p)
+                for p in (self.black_hole, self.sources, self.trace)
+            ]
+            + [(socket.SOCK_DGRAM, p) for p in self.udp]
+        )
+        for kind, port in wanted:
+            with socket.socket(socket.AF_INET, kind) as probe:
+                # As the servers do: a port whose old connections linger in
+                # TIME_WAIT can be listened on again.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((LOOPBACK, port))
+                except OSError:
+                    return False
+        return True
+
+
+def _world_state(keep: Path | None) -> tuple[int, _Ports]:
+    """The seed and ports of the last demo world kept in `keep`, or new ones.
+
+    Keeping them makes a second `configstream demo` meet the same servers,
+    credentials and source URLs, so it can reuse the first run's cache.
+    The credentials are demo values for loopback servers, so a seeded
+    generator is enough.
+    """
+    state_file = keep / WORLD_STATE if keep else None
+    if state_file is not None and state_file.is_file():
+        try:
+            data = json.loads(state_file.read_text())
+            seed, ports = int(data["seed"]), _Ports(**data["ports"])
+            if ports.all_free():
+                return seed, ports
+        except (ValueError, TypeError, KeyError, OSError):
+            pass
+    seed, ports = secrets.randbits(64), _Ports.fresh()
+    if state_file is not None:
+        with contextlib.suppress(OSError):
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(
+                json.dumps({"seed": seed, "ports": dataclasses.asdict(ports)})
+            )
+    return seed, ports
+
+
 @dataclass(slots=True)
 class _Plan:
     """The servers, configs and sources of a world before it starts."""
 
+    rng: random.Random = field(default_factory=random.Random)
     inbounds: list[dict[str, Any]] = field(default_factory=list)
     outbounds: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
@@ -233,10 +311,11 @@ class _Plan:
     bad: list[Proxy] = field(default_factory=list)
 
 
-def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan, World]:
+def _plan_servers(
+    tls_files: tuple[Path, Path], ports: _Ports, rng: random.Random
+) -> tuple[_Plan, World]:
     key_path, cert_path = tls_files
-    tcp = reserve_ports(7)
-    udp = _udp_ports(2)
+    tcp, udp, black_hole = ports.tcp, ports.udp, ports.black_hole
     tls_in = {
         "enabled": True,
         "certificate_path": str(cert_path),
@@ -245,12 +324,9 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
     quic_tls = dict(tls_in, alpn=["h3"])
     client_tls = Tls(server_name=DEMO_SNI, insecure=True)
     quic_client_tls = Tls(server_name=DEMO_SNI, insecure=True, alpn=("h3",))
-    ids = {name: str(uuid.uuid4()) for name in ("vmess", "vless", "tuic")}
-    words = {
-        name: secrets.token_urlsafe(12)
-        for name in ("trojan", "ss", "hy2", "tuic", "socks")
-    }
-    ss2022_key = base64.b64encode(secrets.token_bytes(16)).decode()
+    ids = {name: _uuid(rng) for name in ("vmess", "vless", "tuic")}
+    words = {name: _token(rng) for name in ("trojan", "ss", "hy2", "tuic", "socks")}
+    ss2022_key = base64.b64encode(rng.randbytes(16)).decode()
     ws = Transport(type="ws", path="/demo-ws", host=DEMO_SNI)
 
     servers: list[tuple[str, int, dict[str, Any], Proxy, str]] = [
@@ -364,7 +440,7 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
             "CA",
         ),
     ]
-    plan = _Plan()
+    plan = _Plan(rng=rng)
     countries: dict[str, str] = {}
     for index, (kind, port, inbound, proxy, country) in enumerate(servers):
         exit_ip = f"127.0.0.{index + 2}"
@@ -379,7 +455,7 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
 
     closed = tcp[6]  # reserved and released: nothing listens there
     plan.bad = [
-        Proxy("vless", LOOPBACK, tcp[1], uuid=str(uuid.uuid4())),
+        Proxy("vless", LOOPBACK, tcp[1], uuid=_uuid(rng)),
         Proxy(
             "trojan",
             LOOPBACK,
@@ -401,7 +477,7 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
             method="aes-256-gcm",
             password="closed-port",
         ),
-        Proxy("vmess", LOOPBACK, black_hole, uuid=str(uuid.uuid4()), method="auto"),
+        Proxy("vmess", LOOPBACK, black_hole, uuid=_uuid(rng), method="auto"),
     ]
     world = World(
         sources_file=Path(),
@@ -417,17 +493,17 @@ def _plan_servers(tls_files: tuple[Path, Path], black_hole: int) -> tuple[_Plan,
     return plan, world
 
 
-def _untestable_and_outside() -> list[str]:
+def _untestable_and_outside(rng: random.Random) -> list[str]:
     reality = Proxy(
         "vless",
         LOOPBACK,
         9,
-        uuid=str(uuid.uuid4()),
+        uuid=_uuid(rng),
         flow="xtls-rprx-vision",
         tls=Tls(
             server_name="www.example.com",
             fingerprint="chrome",
-            reality_public_key=base64.urlsafe_b64encode(secrets.token_bytes(32))
+            reality_public_key=base64.urlsafe_b64encode(rng.randbytes(32))
             .decode()
             .rstrip("="),
             reality_short_id="6ba85179e30d4fc2",
@@ -437,7 +513,7 @@ def _untestable_and_outside() -> list[str]:
         "vless",
         LOOPBACK,
         9,
-        uuid=str(uuid.uuid4()),
+        uuid=_uuid(rng),
         transport=Transport(type="xhttp", path="/x"),
     )
     ssr = Proxy(
@@ -466,7 +542,8 @@ def _subscription_files(plan: _Plan) -> dict[str, tuple[int, bytes]]:
     ]
     plain = "#profile-title: ConfigStream demo\n# comment line\n\n"
     plain += (
-        "\n".join(plain_links + _untestable_and_outside()) + "\nthis line is junk\n"
+        "\n".join(plain_links + _untestable_and_outside(plan.rng))
+        + "\nthis line is junk\n"
     )
     b64_links = [to_link(p, f"b64 {p.protocol}") for p in good[2:5] + bad[2:3]]
     clash = {
@@ -495,20 +572,27 @@ def _subscription_files(plan: _Plan) -> dict[str, tuple[int, bytes]]:
 
 
 @contextlib.contextmanager
-def start_world(core: Core | None = None) -> Iterator[World]:
-    """Start the demo world on loopback; everything stops when the block exits."""
+def start_world(core: Core | None = None, keep: Path | None = None) -> Iterator[World]:
+    """Start the demo world on loopback; everything stops when the block exits.
+
+    With `keep` (a folder), the world's seed and ports are stored there and
+    the next world started with it is the same one, where its ports are free.
+    """
     core = core or locate_core()
+    seed, ports = _world_state(keep)
     with contextlib.ExitStack() as stack:
         folder = Path(
             stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="configstream-demo-")
             )
         )
-        black_hole = stack.enter_context(black_hole_listener())
-        plan, world = _plan_servers(tls_keypair(core, folder), black_hole)
-        trace_port = stack.enter_context(serve_http(TraceHandler))
+        stack.enter_context(black_hole_listener(ports.black_hole))
+        plan, world = _plan_servers(
+            tls_keypair(core, folder), ports, random.Random(seed)
+        )
+        trace_port = stack.enter_context(serve_http(TraceHandler, ports.trace))
         source_port = stack.enter_context(
-            serve_http(file_handler(_subscription_files(plan)))
+            serve_http(file_handler(_subscription_files(plan)), ports.sources)
         )
         server_config = {
             "log": {"level": "error"},
@@ -595,7 +679,7 @@ def run_demo(
     print_summary: Callable[[dict[str, Any], Path], None],
 ) -> int:
     """Start the world, run the pipeline on it, print what it found."""
-    with start_world(locate_core(args.singbox)) as world:
+    with start_world(locate_core(args.singbox), keep=args.cache) as world:
         settings = make_settings(
             args,
             sources=load_sources(world.sources_file),

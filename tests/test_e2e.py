@@ -303,3 +303,21 @@ def test_second_run_reuses_fresh_results(world: World, tmp_path: Path) -> None:
     assert warm["reused"] == cold["alive"] + cold["dead"]
     assert cold_alive == warm_alive == fresh_alive
     assert len(cold_alive) == len(world.live)
+
+
+def test_second_demo_reuses_the_first_runs_work(tmp_path: Path) -> None:
+    """The same world comes back, so sources answer 304 and results are reused."""
+    first = run_cli("demo", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cold = json.loads((tmp_path / "output" / "stats.json").read_text())
+    second = run_cli("demo", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    warm = json.loads((tmp_path / "output" / "stats.json").read_text())
+    assert cold["parse"]["parsed_sources"] == 4 and cold["test"]["reused"] == 0
+    assert warm["parse"]["not_modified"] == 4 and warm["parse"]["parsed_sources"] == 0
+    # Every alive and dead result is fresh; only untestable and skipped
+    # configs (never cached) are looked at again.
+    assert warm["test"]["reused"] == cold["test"]["alive"] + cold["test"]["dead"]
+    assert warm["test"]["alive"] == cold["test"]["alive"] == 8
+    assert "results reused from the cache" in second.stdout
+    assert warm["seconds"]["total"] < cold["seconds"]["total"]
