@@ -6,19 +6,20 @@ by name) and a history of runs. No other module writes SQL.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import lz4.frame
+import lz4.block
 import msgpack
 
 from configstream.errors import ConfigStreamError
@@ -59,6 +60,14 @@ CREATE TABLE IF NOT EXISTS source_health (
 );
 """
 _TABLES = ("results", "runs", "fetch_state", "source_health")
+# Values of at least this many bytes are LZ4-compressed (see `pack`).
+COMPRESS_FROM = 128
+_RAW, _LZ4 = b"\x00", b"\x01"
+# The level-1 map holds this many results; SQLite answers the rest.
+L1_SIZE = 200_000
+# Keys per query when many results are read at once (SQLite allows 32,766
+# parameters; smaller batches keep each statement cheap to prepare).
+PRELOAD_BATCH = 500
 # Per-source health rows are kept for this many runs.
 SOURCE_HEALTH_RUNS = 60
 
@@ -166,13 +175,38 @@ def exclusive(folder: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
         handle.close()
 
 
+def _result_row(row: Sequence[Any]) -> dict[str, Any]:
+    checked_at, status, value = row
+    return {"checked_at": checked_at, "status": status, **unpack(value)}
+
+
 def pack(value: Any) -> bytes:
-    """msgpack, then LZ4 frame compression."""
-    return bytes(lz4.frame.compress(msgpack.packb(value, use_bin_type=True)))
+    """msgpack, LZ4-compressed when that makes it smaller.
+
+    A test result packs into about 60 bytes, which an LZ4 frame would grow
+    to 84; such values are stored raw. A marker byte says which.
+    """
+    raw = msgpack.packb(value, use_bin_type=True)
+    if len(raw) < COMPRESS_FROM:
+        return _RAW + raw
+    return _LZ4 + lz4.block.compress(raw)
 
 
 def unpack(blob: bytes) -> Any:
-    return msgpack.unpackb(lz4.frame.decompress(blob), raw=False)
+    """The value `pack` stored.
+
+    Raises:
+        ValueError: the blob is not a packed value.
+    """
+    marker, body = blob[:1], blob[1:]
+    if marker == _LZ4:
+        try:
+            body = lz4.block.decompress(body)
+        except lz4.block.LZ4BlockError as exc:
+            raise ValueError(f"cache value does not decompress: {exc}") from None
+    elif marker != _RAW:
+        raise ValueError("cache value has an unknown marker byte")
+    return msgpack.unpackb(body, raw=False)
 
 
 class Cache:
@@ -181,6 +215,11 @@ class Cache:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self.connection = connection
         self.path = path
+        # Level 1: recent rows by key, in front of SQLite. A miss is kept
+        # too (as None), so a key is looked up in SQLite at most once.
+        self._l1: collections.OrderedDict[str, dict[str, Any] | None] = (
+            collections.OrderedDict()
+        )
 
     @classmethod
     def open(cls, folder: Path) -> Cache:
@@ -258,6 +297,7 @@ class Cache:
     def record_results(self, entries: Iterable[Entry]) -> None:
         """Store the latest result of each tested proxy."""
         now = time.time()
+        self._l1.clear()  # simpler than keeping it in step; the run is over
         rows = [
             (
                 identity(entry.proxy),
@@ -283,12 +323,40 @@ class Cache:
             )
 
     def result(self, key: str) -> dict[str, Any] | None:
+        """The stored result of one proxy identity, through the level-1 map."""
+        if key in self._l1:
+            self._l1.move_to_end(key)
+            return self._l1[key]
         row = self.connection.execute(
             "SELECT checked_at, status, value FROM results WHERE id=?", (key,)
         ).fetchone()
-        if row is None:
-            return None
-        return {"checked_at": row[0], "status": row[1], **unpack(row[2])}
+        found = None if row is None else _result_row(row)
+        self._remember(key, found)
+        return found
+
+    def preload(self, keys: Iterable[str]) -> None:
+        """Fetch many keys' results into the level-1 map in a few queries.
+
+        One query per key costs a round trip through SQLite each; a run asks
+        for every unique proxy at once, so it asks in batches.
+        """
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._l1]
+        for start in range(0, len(wanted), PRELOAD_BATCH):
+            batch = wanted[start : start + PRELOAD_BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self.connection.execute(
+                "SELECT id, checked_at, status, value FROM results "
+                f"WHERE id IN ({marks})",
+                batch,
+            )
+            found = {row[0]: _result_row(row[1:]) for row in rows}
+            for key in batch:
+                self._remember(key, found.get(key))
+
+    def _remember(self, key: str, row: dict[str, Any] | None) -> None:
+        self._l1[key] = row
+        if len(self._l1) > L1_SIZE:
+            self._l1.popitem(last=False)
 
     def fresh_result(
         self, key: str, alive_ttl: float, dead_ttl: float

@@ -90,6 +90,7 @@ class Proxy:
 
 
 _PROXY_FIELDS = Proxy.__slots__
+_IDENTITY_FIELDS = tuple(f.name for f in dataclasses.fields(Proxy) if f.compare)
 
 
 def renamed(proxy: Proxy, name: str) -> Proxy:
@@ -168,11 +169,14 @@ def identity(proxy: Proxy) -> str:
     Used where a key must survive across runs (the cache, name suffixes);
     within one run the `Proxy` itself serves as the key.
     """
+    values = [getattr(proxy, name) for name in _IDENTITY_FIELDS]
+    # Tls and Transport become lists of their values in field order, which
+    # is several times cheaper than dataclasses.asdict.
     values = [
-        dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        for f in dataclasses.fields(proxy)
-        if f.compare
-        for value in [getattr(proxy, f.name)]
+        [getattr(value, name) for name in value.__slots__]
+        if isinstance(value, (Tls, Transport))
+        else value
+        for value in values
     ]
-    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=list)
+    text = json.dumps(values, ensure_ascii=False)
     return hashlib.blake2s(text.encode("utf-8"), digest_size=12).hexdigest()

@@ -222,6 +222,8 @@ async def test_entries(
     """
     reporter.stage("test", len(entries))
     to_test: list[Entry] = []
+    if cache is not None and not settings.fresh:
+        cache.preload(identity(entry.proxy) for entry in entries)
     for entry in entries:
         verdict = (
             await _check_allowed(entry.proxy, settings.allow_networks)
