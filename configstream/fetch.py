@@ -7,7 +7,7 @@ import email.utils
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +65,16 @@ class FetchResult:
     error: str = ""
     seconds: float = 0.0
     attempts: int = 0
+    # Bytes of the body; kept when the body itself is let go after parsing.
+    size: int = 0
     not_modified: bool = False
     etag: str | None = None
     last_modified: str | None = None
 
     @property
     def is_ok(self) -> bool:
-        return self.body is not None or self.not_modified
+        # The body may already be parsed and let go (see fetch_all's consume).
+        return not self.error
 
 
 class _TooLarge(Exception):
@@ -197,6 +200,7 @@ async def fetch_source(
     except OSError as exc:
         result.error = f"cannot read file: {exc.strerror}"
     result.seconds = time.perf_counter() - started
+    result.size = len(result.body) if result.body is not None else 0
     if result.error:
         log.warning("source %s failed: %s", source.name, result.error)
     return result
@@ -208,11 +212,13 @@ async def fetch_all(
     progress: Callable[[FetchResult], None] | None = None,
     validators: Mapping[str, Validators] | None = None,
     retry_base: float = 0.5,
+    consume: Callable[[FetchResult], Awaitable[None]] | None = None,
 ) -> list[FetchResult]:
     """Fetch every source concurrently, in input order.
 
     `validators` maps a source name to what its last fetch left, for a
-    conditional request.
+    conditional request. `consume` is awaited with each result as soon as
+    it is in (it may take the body, to parse it and let it go).
     """
     limit = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
     per_host: dict[str, asyncio.Semaphore] = {}
@@ -234,6 +240,8 @@ async def fetch_all(
             result = await fetch_source(
                 client, source, validators.get(source.name), retry_base
             )
+        if consume:
+            await consume(result)
         if progress:
             progress(result)
         return result

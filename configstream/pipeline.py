@@ -7,6 +7,7 @@ together, counts what happened and times each stage into the stats.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import ipaddress
 import logging
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from configstream import __version__
 from configstream.cache import Cache, FetchState, exclusive
-from configstream.config import Network, RunSettings
+from configstream.config import Network, RunSettings, Source
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
@@ -69,43 +70,67 @@ def _body_hash(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
-def _read_source(
-    result: FetchResult, cache: Cache, kept: dict[str, FetchState]
-) -> tuple[ParseReport, str]:
-    """The source's parse report, and 'not-modified', 'same-body' or 'parsed'.
+class _SourceReader:
+    """Parses each body as its download finishes, then lets the body go.
 
-    A 304, or a body whose hash matches the last one, reuses the kept parse;
-    a new body is parsed and kept with its validators for the next run.
-
-    Raises:
-        SourceError: the body is unreadable.
+    Holding every body until all sources are in would make peak memory grow
+    with the number of sources; this way at most the bodies in flight are
+    held. Parsing runs on one worker thread so the event loop keeps serving
+    the other downloads; the cache is written from the loop's thread only.
     """
-    source = result.source
-    state = kept.get(source.name)
-    if result.not_modified and state is not None:
-        return state.report, "not-modified"
-    assert result.body is not None
-    digest = _body_hash(result.body)
-    if state is not None and state.body_hash == digest:
-        how, report = "same-body", state.report
-    else:
-        how, report = "parsed", parse_body(result.body, source.format)
-    if source.is_remote:
-        cache.record_fetch_state(
-            source.name,
-            source.url,
-            FetchState(result.etag, result.last_modified, digest, report),
+
+    def __init__(self, cache: Cache, kept: dict[str, FetchState]) -> None:
+        self.cache, self.kept = cache, kept
+        self.outcomes: dict[str, tuple[ParseReport, str] | SourceError] = {}
+        self.worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="parse"
         )
-    return report, how
+
+    async def __call__(self, result: FetchResult) -> None:
+        source = result.source
+        state = self.kept.get(source.name)
+        if result.not_modified and state is not None:
+            self.outcomes[source.name] = (state.report, "not-modified")
+            return
+        if result.body is None:
+            return
+        body, result.body = result.body, None
+        loop = asyncio.get_running_loop()
+        try:
+            digest, report, how = await loop.run_in_executor(
+                self.worker, self._parse, source, body, state
+            )
+        except SourceError as exc:
+            self.outcomes[source.name] = exc
+            return
+        self.outcomes[source.name] = (report, how)
+        if source.is_remote:
+            self.cache.record_fetch_state(
+                source.name,
+                source.url,
+                FetchState(result.etag, result.last_modified, digest, report),
+            )
+
+    @staticmethod
+    def _parse(
+        source: Source, body: bytes, state: FetchState | None
+    ) -> tuple[str, ParseReport, str]:
+        digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+        if state is not None and state.body_hash == digest:
+            return digest, state.report, "same-body"
+        return digest, parse_body(body, source.format), "parsed"
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
 
 
 def _parse_sources(
     fetched: Sequence[FetchResult],
     stats: dict[str, Any],
     reporter: Reporter,
-    cache: Cache,
-    kept: dict[str, FetchState],
+    outcomes: dict[str, tuple[ParseReport, str] | SourceError],
 ) -> tuple[dict[Proxy, Entry], list[dict[str, Any]]]:
+    """Merge the sources' parse results, in the order of the sources file."""
     entries: dict[Proxy, Entry] = {}
     per_source: list[dict[str, Any]] = []
     rejected: Counter[str] = Counter()
@@ -117,21 +142,21 @@ def _parse_sources(
             "name": source.name,
             "status": "ok" if result.is_ok else "failed",
             "http_status": result.status,
-            "bytes": len(result.body) if result.body is not None else 0,
+            "bytes": result.size,
             "seconds": round(result.seconds, 3),
             "error": result.error,
         }
         per_source.append(row)
         reporter.advance()
-        if not result.is_ok:
+        outcome = outcomes.get(source.name)
+        if outcome is None:
             continue
-        try:
-            report, how = _read_source(result, cache, kept)
-        except SourceError as exc:
-            row.update(status="unreadable", error=str(exc))
+        if isinstance(outcome, SourceError):
+            row.update(status="unreadable", error=str(outcome))
             unreadable += 1
-            log.warning("source %s is unreadable: %s", source.name, exc)
+            log.warning("source %s is unreadable: %s", source.name, outcome)
             continue
+        report, how = outcome
         reuse[how] += 1
         row["parse"] = how
         reasons = Counter(r.reason for r in report.rejections)
@@ -321,21 +346,26 @@ async def _run_pipeline(
         and (state := cache.fetch_state(source.name, source.url)) is not None
         and not settings.fresh
     }
-    fetched = await fetch_all(
-        sources,
-        settings.fetch_timeout,
-        lambda _: reporter.advance(),
-        validators={
-            name: Validators(state.etag, state.last_modified)
-            for name, state in kept.items()
-            if state.etag or state.last_modified
-        },
-    )
+    reader = _SourceReader(cache, kept)
+    try:
+        fetched = await fetch_all(
+            sources,
+            settings.fetch_timeout,
+            lambda _: reporter.advance(),
+            validators={
+                name: Validators(state.etag, state.last_modified)
+                for name, state in kept.items()
+                if state.etag or state.last_modified
+            },
+            consume=reader,
+        )
+    finally:
+        reader.close()
     seconds["fetch"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     reporter.stage("parse", len(fetched))
-    unique, per_source = _parse_sources(fetched, stats, reporter, cache, kept)
+    unique, per_source = _parse_sources(fetched, stats, reporter, reader.outcomes)
     ok = sum(1 for result in fetched if result.is_ok)
     per_source += [
         {"name": s.name, "status": "resting", "error": rest[s.name]}

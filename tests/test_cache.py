@@ -90,3 +90,56 @@ def test_cache_command_stats_prune_clear(tmp_path: Path) -> None:
     cleared = run_cli("cache", "clear", cwd=tmp_path)
     assert cleared.returncode == 0 and "removed" in cleared.stdout
     assert not list((tmp_path / "cache").glob("configstream.sqlite3*"))
+
+
+def _proxies(count: int) -> list[Proxy]:
+    return [
+        Proxy("trojan", f"198.51.100.{1 + i % 250}", 1000 + i, password=f"p{i}")
+        for i in range(count)
+    ]
+
+
+def test_preload_answers_as_single_lookups_do(tmp_path: Path) -> None:
+    """Batched reads into the level-1 map give exactly the stored rows."""
+    proxies = _proxies(1234)
+    entries = [
+        Entry(
+            p,
+            result=ProbeResult(
+                Status.ALIVE if i % 3 else Status.DEAD,
+                latency_ms=float(i) if i % 3 else None,
+            ),
+        )
+        for i, p in enumerate(proxies)
+    ]
+    with Cache.open(tmp_path) as cache:
+        cache.record_results(entries[:1000])  # the last 234 were never stored
+    keys = [identity(p) for p in proxies]
+    with Cache.open(tmp_path) as single:
+        expected = [single.result(key) for key in keys]
+    with Cache.open(tmp_path) as batched:
+        batched.preload(keys)
+        batched.connection.close()  # every answer must now come from memory
+        assert [batched.result(key) for key in keys] == expected
+    assert sum(row is None for row in expected) == 234
+
+
+def test_level1_map_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("configstream.cache.L1_SIZE", 50)
+    with Cache.open(tmp_path) as cache:
+        cache.preload(identity(p) for p in _proxies(400))
+        assert len(cache._l1) == 50
+
+
+def test_values_pack_small_raw_and_large_compressed() -> None:
+    from configstream.cache import pack, unpack
+
+    small = {"latency_ms": 12.5, "exit_ip": "198.51.100.7"}
+    large = {"lines": ["vless://" + "x" * 60] * 200}
+    assert pack(small)[:1] == b"\x00" and unpack(pack(small)) == small
+    assert pack(large)[:1] == b"\x01" and unpack(pack(large)) == large
+    assert len(pack(large)) < len(json.dumps(large)) / 5
+    with pytest.raises(ValueError):
+        unpack(b"\x07junk")
+    with pytest.raises(ValueError):
+        unpack(b"\x01not lz4 at all")
