@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,9 @@ def _entry(raw: Any, index: int, base: Path) -> Source:
         raise SettingsError(
             f"'url' scheme must be http or https, got {url.split('://')[0]!r}", where
         )
-    if "://" not in url:
+    if "://" in url:
+        _check_url(url, where)
+    else:
         url = str((base / url).resolve()) if not Path(url).is_absolute() else url
     fmt = raw.get("format", "auto") or "auto"
     if fmt not in FORMATS:
@@ -101,6 +104,19 @@ def _entry(raw: Any, index: int, base: Path) -> Source:
     if not isinstance(enabled, bool):
         raise SettingsError("'enabled' must be true or false", where)
     return Source(name=name, url=url, format=fmt, enabled=enabled)
+
+
+def _check_url(url: str, where: str) -> None:
+    """Refuse a URL no HTTP client could request, naming the entry."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number or too big
+    except ValueError as exc:
+        raise SettingsError(f"'url' is not a valid URL: {exc}", where) from None
+    if not parts.hostname:
+        raise SettingsError("'url' has no host", where)
+    if port == 0:
+        raise SettingsError("'url' has port 0", where)
 
 
 def load_sources(path: str | Path) -> tuple[Source, ...]:

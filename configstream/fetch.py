@@ -31,6 +31,8 @@ MAX_REDIRECTS = 5
 # 1, 2 s (with jitter) in between, or what Retry-After asks, up to a cap.
 ATTEMPTS = 3
 MAX_RETRY_AFTER = 30.0
+# A download may last this many times the per-read timeout in all.
+TOTAL_TIMEOUT_FACTOR = 4
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = f"ConfigStream/{__version__} (+subscription aggregator)"
 
@@ -105,14 +107,18 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (_Transient, httpx.TimeoutException, httpx.TransportError))
+    # A download that outlived its total time (TimeoutError) is not retried:
+    # a server that slow would only make the run wait as long again.
+    return isinstance(
+        exc, (_Transient, httpx.TimeoutException, httpx.TransportError)
+    ) and not isinstance(exc, httpx.UnsupportedProtocol)
 
 
 class _Wait(tenacity.wait.wait_base):
     """Exponential backoff with jitter, or the server's Retry-After if longer."""
 
     def __init__(self, base: float) -> None:
-        self.backoff = tenacity.wait_exponential_jitter(initial=base, jitter=base)
+        self.backoff = tenacity.wait_exponential_jitter(multiplier=base, jitter=base)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         wait = self.backoff(retry_state)
@@ -148,6 +154,7 @@ async def fetch_source(
     source: Source,
     validators: Validators | None = None,
     retry_base: float = 0.5,
+    total_timeout: float = 60.0,
 ) -> FetchResult:
     """Fetch one source; failures are recorded in the result, never raised.
 
@@ -169,7 +176,10 @@ async def fetch_source(
             async for attempt in retrying:
                 with attempt:
                     result.attempts += 1
-                    response, body = await _download(client, source.url, headers)
+                    # The client's timeout bounds each read; this bounds the
+                    # whole download, which a server could trickle forever.
+                    async with asyncio.timeout(total_timeout):
+                        response, body = await _download(client, source.url, headers)
             result.status = response.status_code
             result.etag = response.headers.get("ETag")
             result.last_modified = response.headers.get("Last-Modified")
@@ -191,14 +201,20 @@ async def fetch_source(
         result.error = f"HTTP {exc.status} after {result.attempts} attempts"
     except _TooLarge:
         result.error = f"body larger than {MAX_BODY_BYTES} bytes"
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, TimeoutError):
         result.error = f"timeout after {result.attempts} attempts"
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, OverflowError):
+        result.error = "the URL cannot be requested (bad host or port)"
     except httpx.TooManyRedirects:
         result.error = f"more than {MAX_REDIRECTS} redirects"
     except httpx.HTTPError as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:200]
     except OSError as exc:
         result.error = f"cannot read file: {exc.strerror}"
+    except Exception as exc:  # noqa: BLE001 (one source never stops the rest)
+        # Network stacks raise odd types for odd URLs (an ExceptionGroup
+        # around an OverflowError for port 99999); the type is enough to say.
+        result.error = f"unexpected error: {type(exc).__name__}"
     result.seconds = time.perf_counter() - started
     result.size = len(result.body) if result.body is not None else 0
     if result.error:
@@ -234,11 +250,20 @@ async def fetch_all(
     validators = validators or {}
 
     async def one(source: Source) -> FetchResult:
-        host = urllib.parse.urlsplit(source.url).netloc
+        try:
+            host = urllib.parse.urlsplit(source.url).netloc
+        except ValueError:
+            host = source.url  # fetch_source reports the bad URL
         host_limit = per_host.setdefault(host, asyncio.Semaphore(MAX_PER_HOST))
-        async with limit, host_limit:
+        # The host's slot first: a source waiting for a busy host must not
+        # hold one of the slots other hosts could use.
+        async with host_limit, limit:
             result = await fetch_source(
-                client, source, validators.get(source.name), retry_base
+                client,
+                source,
+                validators.get(source.name),
+                retry_base,
+                total_timeout=timeout * TOTAL_TIMEOUT_FACTOR,
             )
         if consume:
             await consume(result)

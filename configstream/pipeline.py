@@ -14,13 +14,19 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from configstream import __version__
-from configstream.cache import Cache, FetchState, exclusive
-from configstream.config import Network, RunSettings, Source
+from configstream.cache import (
+    Cache,
+    FetchState,
+    exclusive,
+    pack_report,
+    unpack_report,
+)
+from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
@@ -75,8 +81,10 @@ class _SourceReader:
 
     Holding every body until all sources are in would make peak memory grow
     with the number of sources; this way at most the bodies in flight are
-    held. Parsing runs on one worker thread so the event loop keeps serving
-    the other downloads; the cache is written from the loop's thread only.
+    held. Parsing and decoding run on one worker thread so the event loop
+    keeps serving the other downloads; the cache is used from the loop's
+    thread only. A body seen before in this run (mirrors publish the same
+    file) is parsed once.
     """
 
     def __init__(self, cache: Cache, kept: dict[str, FetchState]) -> None:
@@ -85,40 +93,72 @@ class _SourceReader:
         self.worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="parse"
         )
+        # Parse reports and their packed form by body hash, for this run.
+        self.reports: dict[str, ParseReport] = {}
+        self.packed: dict[str, bytes] = {}
+
+    async def _in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, function, *args
+        )
 
     async def __call__(self, result: FetchResult) -> None:
         source = result.source
         state = self.kept.get(source.name)
-        if result.not_modified and state is not None:
-            self.outcomes[source.name] = (state.report, "not-modified")
-            return
-        if result.body is None:
-            return
-        body, result.body = result.body, None
-        loop = asyncio.get_running_loop()
         try:
-            digest, report, how = await loop.run_in_executor(
-                self.worker, self._parse, source, body, state
-            )
+            if result.not_modified and state is not None:
+                report = await self._stored(source.name, state.body_hash)
+                self.outcomes[source.name] = (report, "not-modified")
+                return
+            if result.body is None:
+                return
+            body, result.body = result.body, None
+            digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            if state is not None and state.body_hash == digest:
+                report, how = await self._stored(source.name, digest), "same-body"
+            elif digest in self.reports:
+                report, how = self.reports[digest], "same-body"
+            else:
+                report = await self._in_worker(parse_body, body, source.format)
+                how = "parsed"
+            self.reports[digest] = report
         except SourceError as exc:
             self.outcomes[source.name] = exc
             return
         self.outcomes[source.name] = (report, how)
         if source.is_remote:
+            unchanged = state is not None and state.body_hash == digest
+            if not unchanged and digest not in self.packed:
+                self.packed[digest] = await self._in_worker(pack_report, report)
             self.cache.record_fetch_state(
                 source.name,
                 source.url,
-                FetchState(result.etag, result.last_modified, digest, report),
+                FetchState(result.etag, result.last_modified, digest),
+                None if unchanged else self.packed[digest],
             )
 
-    @staticmethod
-    def _parse(
-        source: Source, body: bytes, state: FetchState | None
-    ) -> tuple[str, ParseReport, str]:
-        digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-        if state is not None and state.body_hash == digest:
-            return digest, state.report, "same-body"
-        return digest, parse_body(body, source.format), "parsed"
+    async def _stored(self, name: str, digest: str) -> ParseReport:
+        """The kept parse of a source's unchanged body.
+
+        Raises:
+            SourceError: the kept parse is unreadable; it is forgotten, so
+                the next run downloads the source again.
+        """
+        if digest in self.reports:
+            return self.reports[digest]
+        blob = self.cache.stored_report(name)
+        try:
+            if blob is None:
+                raise ValueError("no stored parse")
+            report: ParseReport = await self._in_worker(unpack_report, blob)
+        except ValueError as exc:
+            self.cache.forget_fetch_state(name)
+            raise SourceError(
+                f"the kept parse of the unchanged body is unreadable ({exc}); "
+                "the next run downloads it again"
+            ) from None
+        self.reports[digest] = report
+        return report
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)

@@ -126,3 +126,17 @@ def test_failed_sources_do_not_fail_the_run(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "output" / "stats.json").read_text())
     assert stats["fetch"]["failed"] == 1 and stats["parse"]["unreadable_sources"] == 1
     assert stats["dedupe"]["unique"] == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:abc/", "http://127.0.0.1:99999/", "http://[::1/", "https:///x"],
+)
+def test_unrequestable_url_is_refused_naming_the_entry(
+    tmp_path: Path, url: str
+) -> None:
+    path = tmp_path / "sources.yml"
+    path.write_text(f"sources:\n  - name: broken\n    url: '{url}'\n")
+    with pytest.raises(SettingsError) as info:
+        load_sources(path)
+    assert "broken" in str(info.value) and "url" in str(info.value)
