@@ -83,6 +83,7 @@ def run_child(folder: Path, sources: Path) -> dict[str, float]:
         "fetch+parse s": stats["seconds"]["fetch"] + stats["seconds"]["parse"],
         "run s": stats["seconds"]["total"],
         "wall s": wall,
+        "fetch+parse MB": stats["peak_memory_mb"]["fetch_parse"],
         "peak MB": peak_kb / 1024,
         "304": stats["parse"]["not_modified"],
         "parsed": stats["parse"]["parsed_sources"],

@@ -7,7 +7,6 @@ control characters and made unique), not rebuilt as the pipeline does.
 
 from __future__ import annotations
 
-import json
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 from configstream.errors import SourceError
 from configstream.models import Entry, Proxy, Rejection, identity
 from configstream.parse import parse_body
-from configstream.render import build_client_files
+from configstream.render import build_client_files, json_lines
 from configstream.render.clash import dump_yaml
 
 TARGETS = ("links", "base64", "clash", "singbox", "json")
@@ -101,13 +100,13 @@ def convert(
     elif target == "clash":
         conversion.text = dump_yaml(files.clash)
     elif target == "singbox":
-        conversion.text = json.dumps(files.singbox, indent=2, ensure_ascii=False) + "\n"
+        conversion.text = json_lines(files.singbox)
     else:
         records = [
             _record(e.proxy, name, link)
             for e, name, link in zip(entries, names, files.links, strict=True)
         ]
-        conversion.text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+        conversion.text = json_lines(records)
     wanted = {
         "links": "links",
         "base64": "links",

@@ -11,6 +11,7 @@ import concurrent.futures
 import hashlib
 import ipaddress
 import logging
+import resource
 import socket
 import time
 from collections import Counter
@@ -162,6 +163,11 @@ class _SourceReader:
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)
+
+
+def _peak_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _parse_sources(
@@ -421,6 +427,7 @@ async def _run_pipeline(
     }
     stats["sources"] = per_source
     seconds["parse"] = time.perf_counter() - mark
+    peak_mb = {"fetch_parse": _peak_mb()}
 
     entries = list(unique.values())
     stats["dedupe"] = {
@@ -451,6 +458,8 @@ async def _run_pipeline(
     published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    # Peak resident memory of the process up to the end of each stage.
+    stats["peak_memory_mb"] = {**peak_mb, "run": _peak_mb()}
     degraded = _degraded(stats, settings, cache.last_good_alive())
     if degraded:
         # Keep the last good lists: clients would rather have yesterday's
