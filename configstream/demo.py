@@ -128,6 +128,9 @@ def file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHan
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes; with Nagle's algorithm the
+        # second waits for the client's delayed ACK, 40 ms per request.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:  # noqa: N802
             status, body = files.get(self.path, (404, b"not found\n"))

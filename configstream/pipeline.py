@@ -41,6 +41,7 @@ from configstream.models import (
     identity,
 )
 from configstream.parse import parse_body
+from configstream.parse.links import clear_memo
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_health, write_outputs
 from configstream.singbox import locate_core
@@ -182,6 +183,8 @@ def _parse_sources(
     rejected: Counter[str] = Counter()
     reuse: Counter[str] = Counter()
     found = parsed = unreadable = lines = ignored = 0
+    # Mirrors publish the same body; its report is one object, merged once.
+    merged: dict[int, list[Entry]] = {}
     for result in fetched:
         source = result.source
         row: dict[str, Any] = {
@@ -212,10 +215,16 @@ def _parse_sources(
         lines += report.lines
         ignored += report.ignored_lines
         unique_before = len(entries)
-        for proxy in report.proxies:
-            entry = entries.get(proxy)
-            if entry is None:
-                entries[proxy] = entry = Entry(proxy=proxy)
+        if id(report) not in merged:
+            touched: dict[Proxy, Entry] = {}
+            for proxy in report.proxies:
+                if proxy not in touched:
+                    entry = entries.get(proxy)
+                    if entry is None:
+                        entries[proxy] = entry = Entry(proxy=proxy)
+                    touched[proxy] = entry
+            merged[id(report)] = list(touched.values())
+        for entry in merged[id(report)]:
             if source.name not in entry.sources:
                 entry.sources.append(source.name)
         row.update(
@@ -412,6 +421,8 @@ async def _run_pipeline(
     mark = time.perf_counter()
     reporter.stage("parse", len(fetched))
     unique, per_source = _parse_sources(fetched, stats, reporter, reader.outcomes)
+    del reader  # its reports are merged; let them go
+    clear_memo()
     ok = sum(1 for result in fetched if result.is_ok)
     per_source += [
         {"name": s.name, "status": "resting", "error": rest[s.name]}
