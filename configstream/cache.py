@@ -12,8 +12,9 @@ import dataclasses
 import fcntl
 import logging
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -188,6 +189,9 @@ def exclusive(folder: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
     Two runs on one cache would interleave their results and history; the
     second waits up to `wait` seconds, then stops with a clear error.
 
+    A folder that cannot be written holds no lock and no state: the run
+    goes on without them (see `Cache.open`), with a warning.
+
     Raises:
         CacheError: another run kept the lock for longer than `wait`.
     """
@@ -195,7 +199,13 @@ def exclusive(folder: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         handle = (folder / "lock").open("a")
     except OSError as exc:
-        raise CacheError(f"cannot use cache folder {folder}: {exc.strerror}") from exc
+        log.warning(
+            "cache folder %s cannot be written (%s): this run keeps no state",
+            folder,
+            exc.strerror,
+        )
+        yield
+        return
     deadline = time.monotonic() + wait
     try:
         while True:
@@ -250,9 +260,18 @@ def unpack(blob: bytes) -> Any:
 class Cache:
     """A handle on the cache database; use `Cache.open` as a context manager."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.connection = connection
         self.path = path
+        # Every age is measured with this clock; tests move it.
+        self.clock = clock
+        # False when the folder could not be written and state lives in memory.
+        self.persistent = True
         # Level 1: recent rows by key, in front of SQLite. A miss is kept
         # too (as None), so a key is looked up in SQLite at most once.
         self._l1: collections.OrderedDict[str, dict[str, Any] | None] = (
@@ -260,31 +279,43 @@ class Cache:
         )
 
     @classmethod
-    def open(cls, folder: Path) -> Cache:
+    def open(cls, folder: Path, clock: Callable[[], float] = time.time) -> Cache:
         """Open (creating if needed) the database in `folder`.
 
         A file that is not a ConfigStream database is moved aside with a
         warning and a new one is created, so a corrupt cache never stops a run.
+        A folder that cannot be written gives a warning and a cache in memory:
+        the run goes on, and only its reuse of earlier work is lost.
         """
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(
-                f"cannot create cache folder {folder}: {exc.strerror}"
-            ) from exc
         path = folder / DATABASE_NAME
         try:
-            return cls(cls._connect(path), path)
+            folder.mkdir(parents=True, exist_ok=True)
+            # SQLite needs to create its -wal and -shm files beside the
+            # database, so a writable folder is checked, not just the file.
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            log.warning(
+                "cache folder %s cannot be written (%s): keeping state in memory "
+                "for this run only",
+                folder,
+                exc.strerror,
+            )
+            cache = cls(cls._connect(":memory:"), path, clock)
+            cache.persistent = False
+            return cache
+        try:
+            return cls(cls._connect(path), path, clock)
         except sqlite3.DatabaseError as exc:
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             log.warning(
                 "cache %s is unreadable (%s); moved to %s", path, exc, aside.name
             )
             path.replace(aside)
-            return cls(cls._connect(path), path)
+            return cls(cls._connect(path), path, clock)
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path | str) -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=30)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
@@ -327,14 +358,14 @@ class Cache:
         """Delete results checked more than `older_than` seconds ago; returns how many."""
         with self.connection:
             deleted = self.connection.execute(
-                "DELETE FROM results WHERE checked_at < ?", (time.time() - older_than,)
+                "DELETE FROM results WHERE checked_at < ?", (self.clock() - older_than,)
             ).rowcount
         self.connection.execute("VACUUM")
         return int(deleted)
 
     def record_results(self, entries: Iterable[Entry]) -> None:
         """Store the latest result of each tested proxy."""
-        now = time.time()
+        now = self.clock()
         self._l1.clear()  # simpler than keeping it in step; the run is over
         rows = [
             (
@@ -407,7 +438,11 @@ class Cache:
         row = self.result(key)
         if row is None:
             return None
-        age = time.time() - float(row["checked_at"])
+        age = self.clock() - float(row["checked_at"])
+        if age < 0:
+            # Checked "in the future": the clock was set back. The result's
+            # real age is unknown, so it is tested again.
+            return None
         if row["status"] == "alive" and age < alive_ttl:
             return ProbeResult(
                 Status.ALIVE, latency_ms=row["latency_ms"], exit_ip=row["exit_ip"]
@@ -429,7 +464,7 @@ class Cache:
         with self.connection:
             run_id = self.connection.execute(
                 "INSERT INTO runs (finished_at, value) VALUES (?, ?)",
-                (time.time(), pack(summary)),
+                (self.clock(), pack(summary)),
             ).lastrowid
             self.connection.executemany(
                 "INSERT OR REPLACE INTO source_health VALUES (?, ?, ?)",
@@ -492,7 +527,7 @@ class Cache:
                 self.connection.execute(
                     "UPDATE fetch_state SET url=?, etag=?, last_modified=?, "
                     "fetched_at=? WHERE name=?",
-                    (url, state.etag, state.last_modified, time.time(), name),
+                    (url, state.etag, state.last_modified, self.clock(), name),
                 )
                 return
             self.connection.execute(
@@ -503,7 +538,7 @@ class Cache:
                     state.etag,
                     state.last_modified,
                     state.body_hash,
-                    time.time(),
+                    self.clock(),
                     packed_report,
                 ),
             )

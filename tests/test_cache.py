@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from configstream.cache import SCHEMA_VERSION, Cache, CacheError, exclusive
+from configstream.demo import World
 from configstream.models import Entry, ProbeResult, Proxy, Status, identity
-from tests.conftest import run_cli
+from tests.conftest import run_cli, world_run_args
 
 PROXY = Proxy("trojan", "203.0.113.30", 443, password="fake-pass")
 
@@ -143,3 +145,82 @@ def test_values_pack_small_raw_and_large_compressed() -> None:
         unpack(b"\x07junk")
     with pytest.raises(ValueError):
         unpack(b"\x01not lz4 at all")
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alive_and_dead_results_expire_on_their_own_ttl(tmp_path: Path) -> None:
+    clock = _Clock()
+    alive, dead = _proxies(2)
+    with Cache.open(tmp_path, clock=clock) as cache:
+        cache.record_results(
+            [
+                Entry(alive, result=ProbeResult(Status.ALIVE, latency_ms=20.0)),
+                Entry(dead, result=ProbeResult(Status.DEAD, reason="refused")),
+            ]
+        )
+
+    def fresh_after(seconds: float) -> tuple[bool, bool]:
+        clock.now = 1_800_000_000.0 + seconds
+        with Cache.open(tmp_path, clock=clock) as cache:
+            return tuple(  # type: ignore[return-value]
+                cache.fresh_result(identity(p), alive_ttl=3 * 3600, dead_ttl=3600)
+                is not None
+                for p in (alive, dead)
+            )
+
+    assert fresh_after(10) == (True, True)
+    assert fresh_after(3599) == (True, True)
+    assert fresh_after(3601) == (True, False)  # dead results age faster
+    assert fresh_after(3 * 3600 + 1) == (False, False)
+
+
+def test_clock_set_back_makes_results_stale(tmp_path: Path) -> None:
+    """A result from the 'future' has an unknown age and is tested again."""
+    clock = _Clock()
+    with Cache.open(tmp_path, clock=clock) as cache:
+        cache.record_results([_entry(Status.ALIVE)])
+    clock.now -= 24 * 3600
+    with Cache.open(tmp_path, clock=clock) as cache:
+        assert cache.fresh_result(identity(PROXY), 3600, 3600) is None
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder nobody may create files in, root included where possible."""
+    if os.geteuid() == 0:
+        # sysfs refuses new files even to root.
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def test_unwritable_cache_folder_keeps_state_in_memory(tmp_path: Path) -> None:
+    folder = _unwritable_folder(tmp_path)
+    with exclusive(folder, wait=1), Cache.open(folder) as cache:
+        assert not cache.persistent
+        cache.record_results([_entry(Status.ALIVE)])
+        assert cache.fresh_result(identity(PROXY), 60, 60) is not None
+
+
+def test_run_with_unwritable_cache_still_publishes(
+    world: World, tmp_path: Path
+) -> None:
+    """A read-only cache folder costs the run its reuse, nothing else."""
+    folder = _unwritable_folder(tmp_path)
+    args = world_run_args(world)
+    args[args.index("--cache") + 1] = str(folder)
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cannot be written" in done.stderr
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["test"]["alive"] == len(world.live)
