@@ -224,3 +224,22 @@ def test_run_with_unwritable_cache_still_publishes(
     assert "cannot be written" in done.stderr
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["test"]["alive"] == len(world.live)
+
+
+def test_truncated_database_is_moved_aside_and_run_goes_on(
+    world: World, tmp_path: Path
+) -> None:
+    """A database cut short (a runner killed mid-save) costs one warning."""
+    first = run_cli(*world_run_args(world), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    database = tmp_path / "cache" / "configstream.sqlite3"
+    for extra in tmp_path.glob("cache/configstream.sqlite3-*"):
+        extra.unlink()  # the WAL, as an interrupted cache upload leaves it
+    data = database.read_bytes()
+    database.write_bytes(data[: len(data) // 3])
+    again = run_cli(*world_run_args(world), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("configstream.sqlite3 is unreadable") == 1
+    assert list((tmp_path / "cache").glob("configstream.sqlite3.corrupt-*"))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["test"]["alive"] == len(world.live)
