@@ -147,6 +147,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--fresh", action="store_true", help="test everything, reusing no cached result"
     )
     parser.add_argument(
+        "--base-url",
+        help="the URL output/ is published at (for the page's QR codes), "
+        "e.g. https://USER.github.io/REPO/",
+    )
+    parser.add_argument(
         "--all",
         action="store_true",
         dest="all_sources",
@@ -257,6 +262,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
         min_alive_share=args.min_alive_share,
         fresh=args.fresh,
         all_sources=args.all_sources,
+        base_url=args.base_url,
         singbox=args.singbox,
     )
     values.update(overrides)

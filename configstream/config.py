@@ -68,6 +68,8 @@ class RunSettings:
     # Fetch flagged sources too (see configstream.health).
     all_sources: bool = False
     title: str = "ConfigStream"
+    # Where output/ is published (the Pages URL); QR codes point there.
+    base_url: str | None = None
 
 
 def _entry(raw: Any, index: int, base: Path) -> Source:

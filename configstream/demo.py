@@ -693,6 +693,8 @@ def run_demo(
                 [*args.allow_network, "127.0.0.0/8", "::1/128"]
             ),
             title="ConfigStream demo",
+            # QR codes need an address; the demo's files live in the folder.
+            base_url=args.base_url or args.output.resolve().as_uri() + "/",
         )
         stats = asyncio.run(run(settings))
     print_summary(stats, settings.output)

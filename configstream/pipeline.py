@@ -31,7 +31,7 @@ from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
-from configstream.health import add_outcomes, resting
+from configstream.health import add_outcomes, resting, summarize
 from configstream.models import (
     Entry,
     ParseReport,
@@ -47,6 +47,9 @@ from configstream.render import alive_first, write_health, write_outputs
 from configstream.singbox import locate_core
 
 log = logging.getLogger(__name__)
+
+# Earlier runs shown in the dashboard's trend chart.
+HISTORY_ON_PAGE = 60
 
 
 class Reporter(Protocol):
@@ -456,6 +459,20 @@ async def _run_pipeline(
         await test_entries(entries, settings, reporter, stats, cache)
     seconds["test"] = time.perf_counter() - mark
     add_outcomes(per_source, entries)
+    history = cache.source_history()
+    for row in per_source:
+        # The flag this run's row gives the source, as `configstream sources`
+        # will show it.
+        health = summarize({row["name"]: [*history.get(row["name"], []), row]})
+        row["flag"] = health[0].flag
+    stats["history"] = [
+        {
+            "finished_at": run["finished_at"],
+            "alive": (run.get("test") or {}).get("alive", 0),
+            "unique": (run.get("dedupe") or {}).get("unique", 0),
+        }
+        for run in cache.runs()[-HISTORY_ON_PAGE:]
+    ]
 
     mark = time.perf_counter()
     published = [
@@ -484,6 +501,7 @@ async def _run_pipeline(
             stats,
             test_url=settings.test_url,
             title=settings.title,
+            base_url=settings.base_url,
         )
     stats["seconds"]["output"] = round(time.perf_counter() - mark, 3)
     reporter.advance()

@@ -69,6 +69,8 @@ def world_run_args(world: World) -> list[str]:
         str(world.geoip),
         "--timeout",
         "3",
+        "--base-url",
+        "https://lists.example.org/configstream/",
     ]
 
 

@@ -191,3 +191,89 @@ def test_full_page_screenshot(visit: Visit, tmp_path: Path) -> None:
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert shot.stat().st_size > 10_000
     shutil.copyfile(shot, SCREENSHOT_COPY)
+
+
+def test_protocol_select_and_latency_limit_filter_rows(
+    visit: Visit, output: Path
+) -> None:
+    proxies = _proxies(output)
+    protocol = proxies[-1]["protocol"]
+    visit.page.select_option("#protocol", protocol)
+    rows = _visible_rows(visit.page)
+    assert [row[0] for row in rows] == [
+        p["name"] for p in proxies if p["protocol"] == protocol
+    ]
+    visit.page.select_option("#protocol", "")
+    limit = sorted(p["latency_ms"] for p in proxies)[len(proxies) // 2]
+    visit.page.locator("#latency").fill(str(round(limit)))
+    shown = {row[0] for row in _visible_rows(visit.page)}
+    assert shown == {
+        p["name"] for p in proxies if round(p["latency_ms"]) <= round(limit)
+    }
+    assert "of" in visit.page.locator("#shown").inner_text()
+
+
+def test_sorting_by_a_column_reorders_rows(visit: Visit, output: Path) -> None:
+    proxies = _proxies(output)
+    header = visit.page.locator('th[data-key="country"] button')
+    header.click()
+    ascending = [row[1] for row in _visible_rows(visit.page)]
+    assert ascending == sorted(p["country"] for p in proxies)
+    header.click()
+    assert [row[1] for row in _visible_rows(visit.page)] == ascending[::-1]
+    assert (
+        visit.page.locator('th[data-key="country"]').get_attribute("aria-sort")
+        == "descending"
+    )
+
+
+def test_subscriptions_have_copy_buttons_and_qr_codes(
+    visit: Visit, output: Path
+) -> None:
+    """Each main subscription: a copy button for its URL and a QR code of it."""
+    buttons = visit.page.locator("button[data-file]")
+    assert buttons.count() >= 4
+    first = buttons.first
+    first.click()
+    copied = visit.page.evaluate("navigator.clipboard.readText()")
+    assert copied.endswith("/" + first.get_attribute("data-file"))
+    images = visit.page.locator(".sub details img")
+    assert images.count() == buttons.count()
+    for index in range(images.count()):
+        path = output / images.nth(index).get_attribute("src")
+        assert path.read_bytes().lstrip().startswith(b"<svg")
+    visit.page.locator(".sub details summary").first.click()
+    assert visit.page.locator(".sub details img").first.evaluate(
+        "img => img.complete && img.naturalWidth > 0"
+    )
+
+
+def test_charts_load_in_both_colour_schemes(visit: Visit, output: Path) -> None:
+    charts = visit.page.locator(".charts img")
+    assert charts.count() >= 4
+    for index in range(charts.count()):
+        src = charts.nth(index).get_attribute("src")
+        assert (output / src).is_file()
+        assert (output / src.replace("-light.svg", "-dark.svg")).is_file()
+        assert charts.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
+
+
+def test_sources_table_lists_every_source(visit: Visit, output: Path) -> None:
+    stats = json.loads((output / "stats.json").read_text())
+    names = visit.page.eval_on_selector_all(
+        "#sources tbody tr", "rows => rows.map(r => r.cells[0].innerText.trim())"
+    )
+    assert sorted(names) == sorted(row["name"] for row in stats["sources"])
+
+
+def test_phone_width_has_no_sideways_scroll(browser: Browser, site: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto(site + "index.html", wait_until="load")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+    finally:
+        context.close()

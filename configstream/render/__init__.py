@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import jinja2
 from configstream.errors import OutputError
 from configstream.models import Entry, Status, identity
 from configstream.outbound import Unrepresentable, to_outbound
+from configstream.render.charts import chart_files, qr_svg
 from configstream.render.clash import clash_config, dump_yaml, to_clash
 from configstream.render.fidelity import as_expressed
 from configstream.render.links import to_link
@@ -229,9 +231,24 @@ def build_client_files(
     )
 
 
+# Subscriptions the page offers first, with a copy button and a QR code.
+MAIN_FILES = (
+    ("sub_base64.txt", "All, base64 (v2rayN, v2rayNG, Hiddify, NekoBox)"),
+    ("sub.txt", "All, plain links"),
+    ("clash.yaml", "Clash / mihomo"),
+    ("singbox.json", "sing-box"),
+    ("secure.txt", "Secure only (TLS, REALITY, AEAD)"),
+    ("fastest.txt", "The fastest 200"),
+)
+
+
 def _build_files(
-    entries: Sequence[Entry], stats: dict[str, Any], test_url: str, title: str
-) -> dict[str, str]:
+    entries: Sequence[Entry],
+    stats: dict[str, Any],
+    test_url: str,
+    title: str,
+    base_url: str | None = None,
+) -> dict[str, str | bytes]:
     names = _unique_names(entries)
     client = build_client_files(entries, names, test_url)
     stats["output"] = {
@@ -261,11 +278,44 @@ def _build_files(
         and not name.endswith("_base64.txt")
         and not name.startswith(("chunks/", "sub."))
     )
+    history = [
+        *stats.get("history", []),
+        {
+            "finished_at": datetime.fromisoformat(stats["generated_at"]).timestamp(),
+            "alive": stats["test"]["alive"],
+        },
+    ]
+    charts = chart_files(records, stats, history)
+    main = [
+        {"file": name, "label": label}
+        for name, label in MAIN_FILES
+        if name in lists or name in {"clash.yaml", "singbox.json"}
+    ]
+    codes: dict[str, bytes] = {}
+    if base_url:
+        for item in main:
+            item["qr"] = f"qr/{item['file']}.svg"
+            codes[item["qr"]] = qr_svg(urllib.parse.urljoin(base_url, item["file"]))
     try:
         page = (
             _environment()
             .get_template("index.html.j2")
-            .render(title=title, stats=stats, proxies=records, lists=offered)
+            .render(
+                title=title,
+                stats=stats,
+                proxies=records,
+                lists=offered,
+                main=main,
+                charts=sorted(
+                    {name.split("/")[1].rsplit("-", 1)[0] for name in charts}
+                ),
+                sources=sorted(
+                    stats.get("sources") or [],
+                    key=lambda row: (-(row.get("alive") or 0), str(row["name"])),
+                ),
+                protocols=sorted({r["protocol"] for r in records}),
+                countries=sorted({r["country"] or "XX" for r in records}),
+            )
         )
     except jinja2.TemplateError as exc:
         raise OutputError(f"cannot render index.html: {exc}") from exc
@@ -281,6 +331,8 @@ def _build_files(
     }
     return {
         **lists,
+        **charts,
+        **codes,
         "health.json": json.dumps(health, indent=2),
         "app.js": _asset("app.js"),
         "clash.yaml": dump_yaml(client.clash),
@@ -344,6 +396,7 @@ def write_outputs(
     *,
     test_url: str,
     title: str = "ConfigStream",
+    base_url: str | None = None,
 ) -> list[PublishedFile]:
     """Write the whole output set into `output`, replacing the previous set.
 
@@ -358,7 +411,7 @@ def write_outputs(
         OutputError: the folder cannot be written.
     """
     stats.setdefault("generated_at", datetime.now(UTC).isoformat(timespec="seconds"))
-    files = _build_files(entries, stats, test_url, title)
+    files = _build_files(entries, stats, test_url, title, base_url)
     output = output.absolute()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +422,7 @@ def write_outputs(
         try:
             published = []
             for name, content in files.items():
-                data = content.encode("utf-8")
+                data = content.encode("utf-8") if isinstance(content, str) else content
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).write_bytes(data)
                 published.append(
