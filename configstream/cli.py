@@ -229,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+    publish = commands.add_parser(
+        "publish", help="push the output folder to a branch as one fresh commit"
+    )
+    publish.add_argument(
+        "-o", "--output", type=Path, default=Path("output"), help="output folder"
+    )
+    publish.add_argument("--branch", default="gh-pages")
+    publish.add_argument("--remote", default="origin", help="remote name, URL or path")
+    publish.add_argument(
+        "--repo", type=Path, default=Path("."), help="repository the remote belongs to"
+    )
+    publish.add_argument("--message", default="Publish ConfigStream output")
+    publish.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="commit locally, show changes, push nothing",
+    )
+    publish.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
     sources = commands.add_parser(
         "sources", help="show each source's health over the recorded runs"
     )
@@ -346,6 +365,8 @@ def _command(args: argparse.Namespace) -> int:
         return _cache(args)
     if args.command == "sources":
         return _sources(args)
+    if args.command == "publish":
+        return _publish(args)
     from configstream.demo import run_demo
 
     return run_demo(args, _settings, _run, print_summary)
@@ -392,6 +413,32 @@ def _cache(args: argparse.Namespace) -> int:
             if args.action == "prune":
                 print(f"pruned {cache.prune(args.older_than * 3600)} results")
             print(json.dumps(cache.summary(), indent=2))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from configstream.publish import publish
+
+    result = publish(
+        args.output,
+        repository=args.repo,
+        remote=args.remote,
+        branch=args.branch,
+        message=args.message,
+        dry_run=args.dry_run,
+    )
+    if not result.changed and not result.pushed:
+        print(
+            f"{args.branch} already holds this output ({result.commit[:12]}); nothing pushed"
+        )
+        return 0
+    verb = "pushed" if result.pushed else "would push (dry run)"
+    what = "first publish" if result.first else f"{len(result.changed)} files changed"
+    print(f"{verb} {result.commit[:12]} to {args.branch}: {what}")
+    for name in result.changed[:50]:
+        print(f"  {name}")
+    if len(result.changed) > 50:
+        print(f"  ... and {len(result.changed) - 50} more")
     return 0
 
 
