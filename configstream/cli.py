@@ -45,8 +45,9 @@ from configstream.fetch import fetch_all
 from configstream.health import summarize
 from configstream.models import Entry
 from configstream.parse import FORMATS, parse_body
-from configstream.pipeline import run_pipeline, test_entries
+from configstream.pipeline import merge_partials, run_pipeline, test_entries
 from configstream.render import write_atomically
+from configstream.shard import parse_shard
 
 log = logging.getLogger("configstream")
 console = Console(stderr=True)
@@ -182,7 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sources", type=Path, default=Path("sources.yml"))
     run.add_argument("--test-url", default=DEFAULT_TEST_URL)
     run.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="test only slice I of N and write a partial result for 'merge'",
+    )
     _add_run_options(run)
+
+    merge = commands.add_parser(
+        "merge", help="join the partial results of sharded runs and publish them"
+    )
+    merge.add_argument("partials", nargs="+", type=Path, metavar="PARTIAL")
+    merge.add_argument("--test-url", default=DEFAULT_TEST_URL)
+    _add_run_options(merge)
 
     convert = commands.add_parser(
         "convert", help="convert subscriptions between formats, offline (no testing)"
@@ -320,6 +333,13 @@ def print_summary(stats: dict[str, Any], output: Path) -> None:
         table.add_row(label, str(value))
     out = Console()
     out.print(table)
+    if stats.get("shard"):
+        shard = stats["shard"]
+        out.print(
+            f"Shard {shard['index']} of {shard['count']}: {shard['entries']} proxies; "
+            f"partial result written to {output.resolve()}"
+        )
+        return
     out.print(f"Output written to {output.resolve()}")
 
 
@@ -341,12 +361,22 @@ async def _run(settings: RunSettings) -> dict[str, Any]:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "merge":
+        settings = _settings(args, sources=(), test_url=args.test_url)
+        stats = asyncio.run(merge_partials(args.partials, settings)).stats
+        print_summary(stats, settings.output)
+        return 3 if stats.get("degraded") else 0
     if args.command == "run":
+        try:
+            shard = parse_shard(args.shard) if args.shard else None
+        except ValueError as exc:
+            raise SettingsError(str(exc), "--shard") from None
         settings = _settings(
             args,
             sources=load_sources(args.sources),
             test_url=args.test_url,
             trace_url=args.trace_url or None,
+            shard=shard,
         )
         stats = asyncio.run(_run(settings))
         print_summary(stats, settings.output)

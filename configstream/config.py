@@ -68,6 +68,8 @@ class RunSettings:
     # Fetch flagged sources too (see configstream.health).
     all_sources: bool = False
     title: str = "ConfigStream"
+    # (I, N): test only the I-th of N slices and write a partial result.
+    shard: tuple[int, int] | None = None
     # Where output/ is published (the Pages URL); QR codes point there.
     base_url: str | None = None
 

@@ -62,6 +62,7 @@ def add_outcomes(rows: Sequence[dict[str, Any]], entries: Iterable[Entry]) -> No
     for row in rows:
         name = row["name"]
         row["only_here"] = only.get(name, 0)
+        row["configs"] = published.get(name, 0)
         row["alive"] = alive.get(name, 0)
         row["alive_ratio"] = (
             round(alive.get(name, 0) / published[name], 3)

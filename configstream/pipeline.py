@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from configstream import __version__
@@ -44,6 +45,7 @@ from configstream.parse import parse_body
 from configstream.parse.links import clear_memo
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_health, write_outputs
+from configstream.shard import read_partials, shard_of, write_partial
 from configstream.singbox import locate_core
 
 log = logging.getLogger(__name__)
@@ -448,6 +450,10 @@ async def _run_pipeline(
         "unique": len(entries),
         "duplicates": stats["parse"]["parsed"] - len(entries),
     }
+    if settings.shard is not None:
+        index, count = settings.shard
+        entries = [e for e in entries if shard_of(e.proxy, count) == index]
+        stats["shard"] = {"index": index, "count": count, "entries": len(entries)}
     stats["by_protocol"] = dict(
         Counter(e.proxy.protocol for e in entries).most_common()
     )
@@ -465,14 +471,7 @@ async def _run_pipeline(
         # will show it.
         health = summarize({row["name"]: [*history.get(row["name"], []), row]})
         row["flag"] = health[0].flag
-    stats["history"] = [
-        {
-            "finished_at": run["finished_at"],
-            "alive": (run.get("test") or {}).get("alive", 0),
-            "unique": (run.get("dedupe") or {}).get("unique", 0),
-        }
-        for run in cache.runs()[-HISTORY_ON_PAGE:]
-    ]
+    stats["history"] = _history(cache)
 
     mark = time.perf_counter()
     published = [
@@ -481,13 +480,29 @@ async def _run_pipeline(
     _locate(published, settings, stats)
     seconds["geo"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    reporter.stage("publish", 1)
-    published = alive_first(published)
     seconds["total"] = time.perf_counter() - started
     stats["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     # Peak resident memory of the process up to the end of each stage.
     stats["peak_memory_mb"] = {**peak_mb, "run": _peak_mb()}
+    if settings.shard is not None:
+        path = write_partial(settings.output, stats, entries)
+        log.info("shard %d of %d written to %s", *settings.shard, path)
+        return RunOutcome(stats=stats, published=published)
+    return _publish(entries, published, stats, settings, cache, reporter)
+
+
+def _publish(
+    entries: list[Entry],
+    published: list[Entry],
+    stats: dict[str, Any],
+    settings: RunSettings,
+    cache: Cache,
+    reporter: Reporter,
+) -> RunOutcome:
+    """Write the outputs (or keep the last good ones) and record the run."""
+    mark = time.perf_counter()
+    reporter.stage("publish", 1)
+    published = alive_first(published)
     degraded = _degraded(stats, settings, cache.last_good_alive())
     if degraded:
         # Keep the last good lists: clients would rather have yesterday's
@@ -543,6 +558,41 @@ async def run_pipeline(
     """
     with exclusive(settings.cache), Cache.open(settings.cache) as cache:
         return await _run_pipeline(settings, cache, reporter)
+
+
+async def merge_partials(
+    paths: Sequence[Path], settings: RunSettings, reporter: Reporter | None = None
+) -> RunOutcome:
+    """Combine the shards' partial results and publish them as one run.
+
+    Raises:
+        ShardError: a partial is unreadable, from another split, or missing.
+        CacheError, OutputError: as for `run_pipeline`.
+    """
+    entries, stats = read_partials(paths)
+    published = [
+        e for e in entries if e.result.status in (Status.ALIVE, Status.UNTESTED)
+    ]
+    with exclusive(settings.cache), Cache.open(settings.cache) as cache:
+        history = cache.source_history()
+        for row in stats["sources"]:
+            health = summarize({row["name"]: [*history.get(row["name"], []), row]})
+            row["flag"] = health[0].flag
+        stats["history"] = _history(cache)
+        return _publish(
+            entries, published, stats, settings, cache, reporter or _Silent()
+        )
+
+
+def _history(cache: Cache) -> list[dict[str, Any]]:
+    return [
+        {
+            "finished_at": run["finished_at"],
+            "alive": (run.get("test") or {}).get("alive", 0),
+            "unique": (run.get("dedupe") or {}).get("unique", 0),
+        }
+        for run in cache.runs()[-HISTORY_ON_PAGE:]
+    ]
 
 
 def _test_skipped(entries: Sequence[Entry], stats: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class WorldProxies:
 
 @pytest.fixture(scope="module")
 def world_proxies(world: World) -> WorldProxies:
+    """The world's proxies, sorted into live, wrong-credential and all loopback."""
     sources = yaml.safe_load(world.sources_file.read_text())["sources"]
     found: list[Proxy] = []
     with httpx.Client(trust_env=False, timeout=10) as client:
@@ -195,7 +196,6 @@ class _CoreKiller:
 
 @dataclass
 class _KilledRun:
-    proxies: list[Proxy]
     results: dict[Proxy, ProbeResult]
     killer: _CoreKiller
     world_cores: set[int]
@@ -224,7 +224,7 @@ def _test_with_kills(
         finally:
             killer.stop.set()
             watcher.join(timeout=15)
-    return _KilledRun(proxies, results, killer, world_cores)
+    return _KilledRun(results, killer, world_cores)
 
 
 def _batch_order(world_proxies: WorldProxies) -> list[Proxy]:
@@ -349,10 +349,10 @@ def _error_text(stderr: str) -> str:
     ids=["missing", "not-executable", "garbage-version"],
 )
 def test_unusable_singbox_is_a_clear_error(
-    world: World, tmp_path: Path, make: object, message: str
+    world: World, tmp_path: Path, make: Callable[[Path], Path], message: str
 ) -> None:
     """`run --singbox` at an unusable file: exit 2, the error names it, no traceback."""
-    binary = make(tmp_path)  # type: ignore[operator]
+    binary = make(tmp_path)
     done = run_cli(*world_run_args(world), "--singbox", str(binary), cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
