@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import ssl
 import statistics
 import time
@@ -173,6 +174,43 @@ def _combine(first: ProbeResult, second: ProbeResult) -> ProbeResult:
     )
 
 
+# Descriptors kept free for everything else (logs, the cache, httpx pools).
+FD_RESERVE = 256
+
+
+def fd_budget(requested: int, limits: tuple[int, int] | None = None) -> tuple[int, int]:
+    """How many tests may be in flight, and how many outbounds a core may
+    hold, given the open-file limit.
+
+    The soft limit is raised to the hard one first (the core inherits it).
+    The core needs one descriptor per inbound of its batch plus two per
+    connection in flight (accepted and outgoing); this process one per
+    connection. What is left after `FD_RESERVE` is shared: a batch gets at
+    most half, the connections the rest.
+    """
+    if limits is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            with contextlib.suppress(ValueError, OSError):
+                wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+    else:
+        soft, hard = limits
+    usable = max(4, soft - FD_RESERVE)
+    batch = max(1, min(BATCH_SIZE, usable // 2))
+    concurrency = max(1, min(requested, (usable - batch) // 2))
+    if (concurrency, batch) != (requested, BATCH_SIZE) and concurrency < requested:
+        log.warning(
+            "concurrency %d lowered to %d (batches of %d): the open-file limit is %d",
+            requested,
+            concurrency,
+            batch,
+            soft,
+        )
+    return concurrency, batch
+
+
 class ProxyTester:
     """Tests proxies in batches, one core process per batch."""
 
@@ -183,7 +221,8 @@ class ProxyTester:
         self.settings = settings
         self.progress = progress or (lambda done: None)
         self.context = make_ssl_context()
-        self.limit = asyncio.Semaphore(settings.concurrency)
+        concurrency, self.batch_size = fd_budget(settings.concurrency)
+        self.limit = asyncio.Semaphore(concurrency)
 
     async def test(self, proxies: Sequence[Proxy]) -> dict[Proxy, ProbeResult]:
         """Test every proxy; every input gets a result, whatever fails."""
@@ -204,8 +243,8 @@ class ProxyTester:
             results[proxy] = ProbeResult(Status.DEAD, reason=reason)
             self.progress(1)
         runnable = [(p, ob) for p, ob in runnable if p not in refused]
-        for start in range(0, len(runnable), BATCH_SIZE):
-            batch = runnable[start : start + BATCH_SIZE]
+        for start in range(0, len(runnable), self.batch_size):
+            batch = runnable[start : start + self.batch_size]
             results.update(await self._test_batch(batch))
         return results
 

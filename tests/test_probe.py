@@ -211,3 +211,38 @@ def test_second_round_failure_is_dead_as_flaky(core: Core) -> None:
     assert results[nothing] == results[nothing].__class__(
         Status.DEAD, reason="tcp connect refused"
     )
+
+
+@pytest.mark.parametrize(
+    ("requested", "soft", "expected"),
+    [
+        (200, 1024, (192, 384)),
+        (200, 4096, (200, 1000)),
+        (5000, 4096, (1420, 1000)),
+        (3, 1 << 20, (3, 1000)),
+    ],
+)
+def test_concurrency_and_batch_fit_the_open_file_limit(
+    requested: int, soft: int, expected: tuple[int, int]
+) -> None:
+    """A batch's inbounds plus two descriptors per test fit under the limit."""
+    from configstream.probe import FD_RESERVE, fd_budget
+
+    concurrency, batch = fd_budget(requested, (soft, soft))
+    assert (concurrency, batch) == expected
+    assert batch + 2 * concurrency <= soft - FD_RESERVE
+
+
+def test_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
+    import resource
+
+    from configstream.probe import fd_budget
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard != resource.RLIM_INFINITY and hard > 512:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        fd_budget(10)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= min(hard, 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
