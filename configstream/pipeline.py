@@ -132,6 +132,14 @@ class _SourceReader:
         except SourceError as exc:
             self.outcomes[source.name] = exc
             return
+        except Exception as exc:  # noqa: BLE001 (one source never stops the rest)
+            # A reader bug or a body nothing was ready for: this source is
+            # lost, not the run. The type is enough to find it again.
+            log.error("source %s: reading failed with %r", source.name, exc)
+            self.outcomes[source.name] = SourceError(
+                f"body could not be read ({type(exc).__name__})"
+            )
+            return
         self.outcomes[source.name] = (report, how)
         if source.is_remote:
             unchanged = state is not None and state.body_hash == digest

@@ -174,6 +174,23 @@ def _combine(first: ProbeResult, second: ProbeResult) -> ProbeResult:
     )
 
 
+# A batch whose core dies or cannot start is tried this many times in all.
+BATCH_ATTEMPTS = 2
+
+
+class _CoreDied(Exception):
+    """The core exited while its batch was being tested."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"sing-box exited with code {code} during the batch")
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, CoreError):
+        return f"no free local port for the core's inbounds: {exc.strerror or exc}"
+    return f"the core failed twice: {str(exc).splitlines()[0][:160]}"
+
+
 # Descriptors kept free for everything else (logs, the cache, httpx pools).
 FD_RESERVE = 256
 
@@ -320,8 +337,42 @@ class ProxyTester:
     ) -> dict[Proxy, ProbeResult]:
         results: dict[Proxy, ProbeResult] = {}
         batch = await self._loadable(batch, results)
-        if not batch:
-            return results
+        counted: set[Proxy] = set()
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            if not batch:
+                break
+            try:
+                results.update(await self._run_batch(batch, counted))
+                break
+            except (CoreError, _CoreDied, OSError) as exc:
+                # A core that dies (killed, out of memory) or cannot start
+                # (a reserved port taken meanwhile) says nothing about the
+                # proxies: the batch is tried once more, then reported.
+                reason = _failure_reason(exc)
+                if attempt < BATCH_ATTEMPTS:
+                    log.warning("batch of %d: %s; trying it again", len(batch), reason)
+                    continue
+                log.error(
+                    "batch of %d: %s; its proxies are untestable", len(batch), reason
+                )
+                for proxy, _ in batch:
+                    results[proxy] = ProbeResult(Status.UNTESTABLE, reason=reason)
+        for proxy, _ in batch:
+            if proxy not in counted:
+                self.progress(1)
+        return results
+
+    async def _run_batch(
+        self, batch: list[tuple[Proxy, dict[str, Any]]], counted: set[Proxy]
+    ) -> dict[Proxy, ProbeResult]:
+        """One core for the batch, every proxy probed through it.
+
+        Raises:
+            CoreError: the core did not start.
+            _CoreDied: the core exited while the batch was being tested.
+            OSError: no free local ports for the inbounds.
+        """
+        results: dict[Proxy, ProbeResult] = {}
         ports = reserve_ports(len(batch))
         outbounds = [dict(ob, tag=f"p-{i}") for i, (_, ob) in enumerate(batch)]
         log.info("testing %d proxies through one sing-box", len(batch))
@@ -344,8 +395,12 @@ class ProxyTester:
                 result.reason,
             )
             results[proxy] = result
-            self.progress(1)
+            if proxy not in counted:
+                counted.add(proxy)
+                self.progress(1)
 
-        async with run_core(self.core, _batch_config(outbounds, ports), ports):
+        async with run_core(self.core, _batch_config(outbounds, ports), ports) as proc:
             await asyncio.gather(*(one(i) for i in range(len(batch))))
+            if proc.returncode is not None:
+                raise _CoreDied(proc.returncode)
         return results

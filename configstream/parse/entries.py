@@ -41,12 +41,23 @@ _SINGBOX_FIELDS = {
 _SINGBOX_NON_PROXY = {"selector", "urltest", "direct", "block", "dns"}
 
 
+def _scalar(value: Any) -> str:
+    """A scalar's text; a mapping or list where text belongs is an error.
+
+    Turning one into text with str() would also expand YAML aliases: a ten
+    byte `name: *a9` can stand for a billion strings.
+    """
+    if isinstance(value, (Mapping, list)):
+        raise LinkError("bad-field", f"a {type(value).__name__} where text belongs")
+    return str(value).strip()
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return str(value[0]).strip() if value else ""
-    return str(value).strip()
+        return _scalar(value[0]) if value else ""
+    return _scalar(value)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -56,20 +67,20 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def _host_header(headers: Mapping[str, Any]) -> str:
     """The Host header, whatever its case; a list of hosts joined by commas."""
     for key, value in headers.items():
-        if str(key).lower() == "host":
+        if isinstance(key, str) and key.lower() == "host":
             return _joined(value)
     return ""
 
 
 def _joined(value: Any) -> str:
     if isinstance(value, list):
-        return ",".join(str(item).strip() for item in value if str(item).strip())
+        return ",".join(text for text in map(_scalar, value) if text)
     return _text(value)
 
 
 def _list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
-        return tuple(str(item).strip() for item in value if str(item).strip())
+        return tuple(text for text in map(_scalar, value) if text)
     if isinstance(value, str) and value.strip():
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return ()
@@ -150,7 +161,7 @@ def _wireguard_options(
         )
 
     if isinstance(reserved, list):
-        reserved = ",".join(str(x).strip() for x in reserved)
+        reserved = ",".join(map(_scalar, reserved))
     options = [
         ("public-key", public_key),
         ("address", ",".join(with_prefix(a) for a in addresses)),
@@ -271,8 +282,8 @@ def _clash_entry(entry: Any) -> Proxy:
             ports=ports,
             obfs=_text(entry.get("obfs")),
             obfs_password=_text(entry.get("obfs-password")),
-            up_mbps=_int(str(entry.get("up") or "").split(" ")[0], "up"),
-            down_mbps=_int(str(entry.get("down") or "").split(" ")[0], "down"),
+            up_mbps=_int(_text(entry.get("up")).split(" ")[0], "up"),
+            down_mbps=_int(_text(entry.get("down")).split(" ")[0], "down"),
             tls=_clash_tls(entry, True),
             **base,
         )
@@ -281,8 +292,8 @@ def _clash_entry(entry: Any) -> Proxy:
             protocol="hysteria",
             password=_text(entry.get("auth-str") or entry.get("auth")),
             obfs_password=_text(entry.get("obfs")),
-            up_mbps=_int(str(entry.get("up") or "").split(" ")[0], "up"),
-            down_mbps=_int(str(entry.get("down") or "").split(" ")[0], "down"),
+            up_mbps=_int(_text(entry.get("up")).split(" ")[0], "up"),
+            down_mbps=_int(_text(entry.get("down")).split(" ")[0], "down"),
             tls=_clash_tls(entry, True),
             **base,
         )

@@ -404,7 +404,7 @@ def parse_vmess(link: str) -> Proxy:
     if decoded.startswith("{"):
         try:
             data = json.loads(decoded)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise LinkError("bad-json", "vmess body is not valid JSON") from None
         if not isinstance(data, dict):
             raise LinkError("bad-json", "vmess body is not a JSON object")

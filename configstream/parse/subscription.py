@@ -211,6 +211,12 @@ def _collect(
             report.rejections.append(
                 Rejection(exc.reason, exc.detail, f"{where} {index}")
             )
+        except (RecursionError, MemoryError, ValueError, TypeError, KeyError) as exc:
+            # A reader bug or a pathological item: this item is lost, not
+            # the source. Counted apart, so it is noticed and fixed.
+            report.rejections.append(
+                Rejection("reader-error", type(exc).__name__, f"{where} {index}")
+            )
 
 
 def _parse_plain(
@@ -366,6 +372,8 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
     if fmt == "singbox":
         try:
             report = _parse_json(json.loads(stripped))
+        except RecursionError:
+            raise SourceError("body is JSON nested too deeply to read") from None
         except json.JSONDecodeError as exc:
             raise SourceError(f"body is not JSON: {exc}") from None
         if report is None:
@@ -379,7 +387,7 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
     if stripped[0] in "{[":
         try:
             data = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             data = None
         report = _parse_json(data) if data is not None else None
         if report is not None:
