@@ -608,7 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _command(args)
     except ConfigStreamError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        # One line, however narrow the log: CI logs are searched line by line.
+        console.print(
+            f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         if args.verbose:
             console.print_exception()
         return 2

