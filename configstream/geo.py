@@ -39,8 +39,15 @@ class GeoIP:
             return None
         for key in ("country", "registered_country"):
             entry = record.get(key)
-            if isinstance(entry, dict) and isinstance(entry.get("iso_code"), str):
-                return str(entry["iso_code"]).upper()
+            code = entry.get("iso_code") if isinstance(entry, dict) else None
+            # The code names files (countries/DE.txt): only two letters pass.
+            if (
+                isinstance(code, str)
+                and len(code) == 2
+                and code.isascii()
+                and code.isalpha()
+            ):
+                return code.upper()
         return None
 
     def close(self) -> None:

@@ -176,6 +176,8 @@ def _combine(first: ProbeResult, second: ProbeResult) -> ProbeResult:
 
 # A batch whose core dies or cannot start is tried this many times in all.
 BATCH_ATTEMPTS = 2
+# How long a batch with failures waits to see whether its core died.
+CORE_EXIT_GRACE = 0.3
 
 
 class _CoreDied(Exception):
@@ -401,6 +403,12 @@ class ProxyTester:
 
         async with run_core(self.core, _batch_config(outbounds, ports), ports) as proc:
             await asyncio.gather(*(one(i) for i in range(len(batch))))
+            if any(r.status is not Status.ALIVE for r in results.values()):
+                # Probes see a dead core's connections reset before asyncio
+                # reaps it: give the exit a moment to show before trusting
+                # the failures as the proxies' own.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), CORE_EXIT_GRACE)
             if proc.returncode is not None:
                 raise _CoreDied(proc.returncode)
         return results

@@ -31,6 +31,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -50,12 +51,13 @@ with atheris.instrument_imports(include=["configstream"]):
         parse_link,
         parse_singbox_outbound,
     )
+    from configstream.parse.links import clear_memo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_parsers  # noqa: E402 - after the instrumented imports, on purpose
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("CONFIGSTREAM_SHARED", REPO.parent / "shared"))
 CORPUS = SHARED / "corpus" / "real"
 CASES = SHARED / "cases" / "links.json"
 DEFAULT_WORKDIR = Path("/tmp/configstream-atheris")
@@ -150,13 +152,15 @@ class Crashes:
                 self._write_summary()
             return
         digest = hashlib.sha1(data).hexdigest()[:12]
-        name = f"{target}-{type(exc).__name__}-{digest}.bin".replace("[", "-")
-        name = name.replace("]", "")
+        label = target.replace("[", "-").replace("]", "")
+        name = f"{label}-{type(exc).__name__}-{digest}.bin"
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / name).write_bytes(data)
         self.examples[kind] = name
         self._write_summary()
-        print(f"\n== new crash kind: {kind}\n   input: {self.folder / name}", flush=True)
+        print(
+            f"\n== new crash kind: {kind}\n   input: {self.folder / name}", flush=True
+        )
         traceback.print_exception(exc, limit=-6, file=sys.stdout)
 
     def _write_summary(self) -> None:
@@ -180,6 +184,10 @@ def run_one(data: bytes) -> tuple[str, BaseException | None]:
     if not data:
         return "none", None
     name, read = TARGETS[data[0] % len(TARGETS)]
+    # parse_link remembers up to 200,000 results by link; across fuzz inputs
+    # of up to 8 KB that is gigabytes, and an input's outcome must not depend
+    # on the inputs before it.
+    clear_memo()
     try:
         read(data[1:])
     except ConfigStreamError:
@@ -281,7 +289,9 @@ def seeds() -> Iterator[bytes]:
 def _dictionary_entry(token: str) -> str:
     """One libFuzzer dictionary line: the token's UTF-8 bytes, quoted."""
     escaped = "".join(
-        chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in '"\\' else f"\\x{byte:02x}"
+        chr(byte)
+        if 0x20 <= byte < 0x7F and chr(byte) not in '"\\'
+        else f"\\x{byte:02x}"
         for byte in token.encode("utf-8")
     )
     return f'"{escaped}"'

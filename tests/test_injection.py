@@ -25,10 +25,17 @@ from urllib.parse import quote
 import pytest
 import yaml
 import yaml_rs
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    expect,
+    sync_playwright,
+)
 
+from configstream.errors import ConfigStreamError, LinkError
 from configstream.models import Entry, ProbeResult, Proxy, Status
-from configstream.parse import parse_body, parse_clash_entry, parse_link
+from configstream.parse import FORMATS, parse_body, parse_clash_entry, parse_link
 from configstream.render import build_client_files, write_outputs
 from configstream.singbox import Core, check_config_file
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
@@ -48,9 +55,11 @@ PAYLOADS = {
     "controls": "nul\x00soh\x01bel\x07esc\x1b[31mdel\x7fc1\x9f",
     "emoji": "\U0001f3f4\u200d\u2620\ufe0f \U0001f44d\U0001f3fd \U0001f1ef\U0001f1f5",
 }
+# Just under the readers' 2,048-character limit per field (longer values are
+# refused as too-long, see test_10kb_fields_are_refused_when_read).
 LONG_PAYLOADS = {
-    "long-ascii": "A" * 10_240,
-    "long-mixed": ("<b>\"'&;:\u2028\U0001f600" * 1_100)[:10_240],
+    "long-ascii": "A" * 1_200,
+    "long-mixed": ("<b>\"'&;:\u2028\U0001f600" * 150)[:1_200],
 }
 ALL_PAYLOADS = {**PAYLOADS, **LONG_PAYLOADS}
 TITLE = (
@@ -512,20 +521,9 @@ def _round_trip_failures(published: Published, slot: str, payloads: Any) -> list
 
 
 def _slot_params() -> list[Any]:
-    params = []
-    for slot in SLOTS:
-        marks = []
-        if slot in COLON_USER_SLOTS:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="a user name holding ':' reads back split at it: the "
-                    "parser decodes %3A before splitting user from password "
-                    "(http, ssh) and socks:// base64 has no escape for ':'",
-                )
-            )
-        params.append(pytest.param(slot, marks=marks, id=slot))
-    return params
+    # COLON_USER_SLOTS put a ':' inside user names: they read back whole only
+    # because the user is split from the password before percent-decoding.
+    return [pytest.param(slot, id=slot) for slot in SLOTS]
 
 
 @pytest.mark.parametrize("slot", _slot_params())
@@ -534,20 +532,30 @@ def test_share_links_round_trip(published: Published, slot: str) -> None:
     assert _round_trip_failures(published, slot, PAYLOADS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fields of 10 KB are accepted from JSON and YAML, but the link "
-    "written from them runs past parse_link's MAX_LINK_LENGTH (16,384) and "
-    "is refused as too-long",
-)
-def test_share_links_with_10kb_fields_round_trip(published: Published) -> None:
+def test_share_links_with_long_fields_round_trip(published: Published) -> None:
     failures = [
         failure
         for slot in SLOTS
-        if slot not in COLON_USER_SLOTS
         for failure in _round_trip_failures(published, slot, LONG_PAYLOADS)
     ]
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"outbounds": [{"type": "trojan", "tag": "t", "server": "127.0.0.1", '
+        '"server_port": 443, "password": "' + "p" * 10_240 + '"}]}',
+        "proxies:\n  - {name: n, type: trojan, server: 127.0.0.1, port: 443, "
+        "password: pw, sni: " + "a" * 10_240 + "}\n",
+    ],
+    ids=["singbox-password", "clash-sni"],
+)
+def test_10kb_fields_are_refused_when_read(body: str) -> None:
+    """A field no link could carry is refused with a reason, not published."""
+    report = parse_body(body)
+    assert report.proxies == []
+    assert [r.reason for r in report.rejections] == ["too-long"]
 
 
 def _svgs(folder: Path) -> list[Path]:
@@ -565,17 +573,12 @@ def _check_svg(folder: Path, path: Path) -> None:
 def test_svg_files_are_well_formed_xml(published: Published) -> None:
     """Charts and QR codes are XML that no payload turned into markup."""
     folder = published.folder
-    checked = [p for p in _svgs(folder) if not p.name.startswith("sources-")]
+    checked = _svgs(folder)
     assert checked
     for path in checked:
         _check_svg(folder, path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pygal writes a source name's C0 control characters (NUL, SOH, "
-    "BEL, ESC) raw into charts/sources-*.svg, which is then not XML",
-)
 def test_sources_chart_is_well_formed_xml(published: Published) -> None:
     folder = published.folder
     charts = [p for p in _svgs(folder) if p.name.startswith("sources-")]
@@ -711,7 +714,12 @@ def test_page_runs_no_injected_script(visit: Visit) -> None:
     page.locator("#proxies th[data-key=name] button").click()
     page.locator("#protocol").select_option("trojan")
     page.locator("#protocol").select_option("")
-    page.locator("#proxies tbody tr").first.get_by_role("button").click()
+    button = page.locator("#proxies button.copy[data-link]").first
+    link = button.get_attribute("data-link")
+    button.click()
+    expect(button).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == link
+    page.locator("details summary").first.click()  # shows a QR code
     page.wait_for_load_state("networkidle")
     assert visit.pwned() == "undefined"
     assert visit.dialogs == []
@@ -787,14 +795,10 @@ def test_svg_opened_directly_runs_no_injected_script(
     assert visit.dialogs == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate escape (\\udcff) in a sing-box JSON field is read "
-    "into the proxy, and write_outputs then dies with UnicodeEncodeError in "
-    "models.identity instead of skipping the proxy or raising OutputError",
-)
-def test_lone_surrogate_in_a_field_is_rejected_or_written(tmp_path: Path) -> None:
-    body = json.dumps(
+# JSON's \\u escapes can spell half a surrogate pair, which no UTF-8 file holds;
+# json.dumps writes the escape, so these bodies are plain ASCII.
+SURROGATE_BODIES = {
+    "singbox-json": json.dumps(
         {
             "outbounds": [
                 {
@@ -807,7 +811,27 @@ def test_lone_surrogate_in_a_field_is_rejected_or_written(tmp_path: Path) -> Non
                 }
             ]
         }
-    )
+    ),
+    "vmess-link": "vmess://"
+    + base64.b64encode(
+        json.dumps(
+            {
+                "v": "2",
+                "ps": "surrogate",
+                "add": LOOPBACK,
+                "port": "443",
+                "id": UUID,
+                "net": "ws",
+                "path": "/ws\udcff",
+            }
+        ).encode("ascii")
+    ).decode("ascii"),
+}
+
+
+@pytest.mark.parametrize("body", SURROGATE_BODIES.values(), ids=SURROGATE_BODIES)
+def test_lone_surrogate_is_refused_or_written(body: str, tmp_path: Path) -> None:
+    """Half a surrogate pair costs at most its proxy, never the output set."""
     entries = [Entry(proxy=p, sources=["s"]) for p in parse_body(body).proxies]
     stats = {
         "test": {"tested": 0, "alive": 0, "dead": 0, "untestable": 0, "untested": 1},
@@ -819,28 +843,56 @@ def test_lone_surrogate_in_a_field_is_rejected_or_written(tmp_path: Path) -> Non
         path.read_bytes().decode("utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Clash plugin-opts values are joined with ';' unescaped, so a "
-    "v2ray-plugin path '/x;tls;host=evil.example' turns on TLS and sets the "
-    "host in every published form of the proxy",
-)
 def test_plugin_path_cannot_add_plugin_options() -> None:
-    proxy = parse_clash_entry(
-        {
-            "type": "ss",
-            "name": "plugin",
-            "server": LOOPBACK,
-            "port": 8388,
-            "cipher": "aes-128-gcm",
-            "password": "pw",
-            "plugin": "v2ray-plugin",
-            "plugin-opts": {"mode": "websocket", "path": "/x;tls;host=evil.example"},
-        }
-    )
-    options = proxy.plugin_opts.split(";")
-    assert "tls" not in options
-    assert not any(option.startswith("host=") for option in options)
+    """A ';' in a plugin option value would add options: it is refused."""
+    with pytest.raises(LinkError) as refused:
+        parse_clash_entry(
+            {
+                "type": "ss",
+                "name": "plugin",
+                "server": LOOPBACK,
+                "port": 8388,
+                "cipher": "aes-128-gcm",
+                "password": "pw",
+                "plugin": "v2ray-plugin",
+                "plugin-opts": {
+                    "mode": "websocket",
+                    "path": "/x;tls;host=evil.example",
+                },
+            }
+        )
+    assert refused.value.reason == "bad-plugin"
+
+
+FUZZ_CRASHES = Path(__file__).parent / "data" / "fuzz_crashes"
+
+
+def _body_reader(fmt: str) -> Callable[[bytes], Any]:
+    return lambda data: parse_body(data, fmt)
+
+
+# The byte layout of fuzz/atheris_parsers.py: the first byte picks the reader.
+FUZZ_READERS: list[Callable[[bytes], Any]] = [
+    lambda data: parse_link(data.decode("utf-8", errors="replace")),
+    *(_body_reader(fmt) for fmt in FORMATS),
+]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(FUZZ_CRASHES.glob("*.bin")),
+    ids=lambda path: path.stem,
+)
+def test_saved_fuzz_crash_is_refused_cleanly(path: Path) -> None:
+    """An input that once crashed a reader is read or refused with our error."""
+    data = path.read_bytes()
+    # Two entry readers follow these in the fuzzer's list of eight.
+    reader = data[0] % (len(FUZZ_READERS) + 2)
+    assert reader < len(FUZZ_READERS), "an entry reader's input: replay it by hand"
+    try:
+        FUZZ_READERS[reader](data[1:])
+    except ConfigStreamError:
+        pass
 
 
 def test_no_payload_ran_a_command(published: Published, visit: Visit) -> None:

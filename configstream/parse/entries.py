@@ -20,7 +20,7 @@ from configstream.parse.links import (
     _port_ranges,
     build_transport,
 )
-from configstream.parse.validate import validate
+from configstream.parse.validate import check_unicode, validate
 
 # The outbound fields each sing-box proxy type uses.
 _SINGBOX_FIELDS = {
@@ -49,7 +49,7 @@ def _scalar(value: Any) -> str:
     """
     if isinstance(value, (Mapping, list)):
         raise LinkError("bad-field", f"a {type(value).__name__} where text belongs")
-    return str(value).strip()
+    return check_unicode(str(value).strip())
 
 
 def _text(value: Any) -> str:
@@ -200,9 +200,9 @@ def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
     if not plugin:
         return "", ""
     if plugin == "obfs":
-        parts = [f"obfs={_text(opts.get('mode'))}"]
+        parts = [f"obfs={_plugin_value(opts.get('mode'))}"]
         if opts.get("host"):
-            parts.append(f"obfs-host={_text(opts.get('host'))}")
+            parts.append(f"obfs-host={_plugin_value(opts.get('host'))}")
         return "obfs-local", ";".join(parts)
     if plugin == "v2ray-plugin":
         parts = [f"mode={_text(opts.get('mode')) or 'websocket'}"]
@@ -210,9 +210,22 @@ def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
             parts.append("tls")
         for key in ("host", "path"):
             if opts.get(key):
-                parts.append(f"{key}={_text(opts.get(key))}")
+                parts.append(f"{key}={_plugin_value(opts.get(key))}")
         return "v2ray-plugin", ";".join(parts)
-    return plugin, ";".join(f"{k}={_text(v)}" for k, v in opts.items())
+    return plugin, ";".join(f"{k}={_plugin_value(v)}" for k, v in opts.items())
+
+
+def _plugin_value(value: Any) -> str:
+    """A plugin option value that cannot smuggle in other options.
+
+    SIP003 joins options with ';' (and escapes with '\\'); a path such as
+    `/x;tls;host=evil.example` would otherwise turn TLS on and change the host
+    in every published form of the proxy.
+    """
+    text = _text(value)
+    if ";" in text or "\\" in text:
+        raise LinkError("bad-plugin", "plugin option value contains ';' or '\\'")
+    return text
 
 
 def parse_clash_entry(entry: Any) -> Proxy:

@@ -19,11 +19,13 @@ from urllib.parse import unquote
 
 from configstream.errors import LinkError
 from configstream.models import Proxy, Tls, Transport, renamed
-from configstream.parse.validate import check_host, validate
+from configstream.parse.validate import check_host, check_unicode, validate
 
 # Links longer than this are junk glued together; refusing them early keeps a
-# hostile source from making the parser do quadratic work on one line.
-MAX_LINK_LENGTH = 16_384
+# hostile source from making the parser do quadratic work on one line. It
+# leaves room for the links written from fields at the readers' length limit
+# (parse.validate.MAX_FIELD_CHARS), whose emoji percent-encode to 12 bytes.
+MAX_LINK_LENGTH = 65_536
 
 
 @dataclass(slots=True)
@@ -317,7 +319,7 @@ def parse_trojan(link: str) -> Proxy:
 def _vmess_from_json(data: dict[str, object], name_hint: str) -> Proxy:
     def text(key: str) -> str:
         value = data.get(key)
-        return "" if value is None else str(value).strip()
+        return "" if value is None else check_unicode(str(value).strip())
 
     uuid = text("id")
     if not uuid:
@@ -540,6 +542,8 @@ def parse_hysteria2(link: str) -> Proxy:
     ports: tuple[str, ...] = ()
     if "," in port_text or "-" in port_text:
         ports = _port_ranges(port_text)
+        if not ports:
+            raise LinkError("bad-port", "hysteria2 port list holds no port")
         port = int(ports[0].split(":")[0])
     else:
         port = _check_port(port_text)
@@ -626,15 +630,19 @@ def parse_socks(link: str) -> Proxy:
     parts = split_link(link)
     username = password = ""
     if parts.userinfo:
-        userinfo = unquote_lenient(parts.userinfo)
-        if ":" not in userinfo:
+        if ":" in parts.userinfo:
+            # Split before decoding: an escaped ':' belongs to the user name.
+            user_raw, _, password_raw = parts.userinfo.partition(":")
+            username = unquote_lenient(user_raw)
+            password = unquote_lenient(password_raw)
+        else:
             try:
-                userinfo = b64decode_lenient(userinfo).decode("utf-8")
+                userinfo = b64decode_lenient(unquote_lenient(parts.userinfo))
+                username, _, password = userinfo.decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise LinkError(
                     "bad-encoding", "socks userinfo is not base64"
                 ) from None
-        username, _, password = userinfo.partition(":")
     return Proxy(
         protocol="socks",
         server=_check_host(parts.host),
@@ -746,7 +754,9 @@ def _plain_proxy(protocol: str, link: str, *, tls: bool, version: str = "") -> P
         )
     if not parts.port_text:
         raise LinkError("bad-port", f"{protocol} link has no port")
-    username, _, password = unquote_lenient(parts.userinfo).partition(":")
+    # Split before decoding: an escaped ':' belongs to the user name.
+    user_raw, _, password_raw = parts.userinfo.partition(":")
+    username, password = unquote_lenient(user_raw), unquote_lenient(password_raw)
     server = _check_host(parts.host)
     return Proxy(
         protocol=protocol,

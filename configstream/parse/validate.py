@@ -79,6 +79,50 @@ _PASSWORD_PROTOCOLS = frozenset({"trojan", "hysteria2", "anytls"})
 _QUIC_PROTOCOLS = frozenset({"hysteria2", "hysteria", "tuic"})
 
 
+# Longer values are junk (or an attack on the files written from them): a
+# link built from them would pass the reader's own length limit.
+MAX_FIELD_CHARS = 2048
+# Names are rebuilt for publishing; the original is kept for logs, cut here.
+MAX_NAME_CHARS = 512
+
+
+def check_unicode(text: str) -> str:
+    """`text` unchanged, unless it holds a lone surrogate (a JSON `\\udcff`
+    escape), which no file can be written with.
+
+    Raises:
+        LinkError: the text is not valid Unicode.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LinkError("bad-field", "text holds an unpaired surrogate") from None
+    return text
+
+
+def _check_lengths(proxy: Proxy) -> None:
+    values = [
+        proxy.password,
+        proxy.username,
+        proxy.uuid,
+        proxy.plugin_opts,
+        proxy.obfs_password,
+        *(value for _, value in proxy.options),
+    ]
+    if proxy.transport is not None:
+        values += [
+            proxy.transport.path,
+            proxy.transport.host,
+            proxy.transport.service_name,
+        ]
+    if proxy.tls is not None:
+        values += [proxy.tls.server_name, proxy.tls.reality_public_key]
+    longest = max(map(len, values))
+    if longest > MAX_FIELD_CHARS:
+        raise LinkError("too-long", f"a field of {longest} characters")
+
+
 def normalize_uuid(text: str) -> str:
     """A canonical lower-case UUID; short text maps as Xray maps it.
 
@@ -199,6 +243,9 @@ def validate(proxy: Proxy) -> Proxy:
     # collected: copying every proxy would double the parse time.
     changes: dict[str, object] = {}
     protocol = proxy.protocol
+    _check_lengths(proxy)
+    if len(proxy.name) > MAX_NAME_CHARS:
+        changes["name"] = proxy.name[:MAX_NAME_CHARS]
     # Credentials lose stray outer whitespace, which YAML readers drop too.
     password, username = proxy.password.strip(), proxy.username.strip()
     if protocol in _USER_PASSWORD_PROTOCOLS and not username:

@@ -450,6 +450,9 @@ def write_outputs(
 def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
     """Mark the published set as degraded, leaving every other file as it was.
 
+    health.json and the manifest entry naming it change together: the set is
+    staged (hard links to the unchanged files) and swapped like a new one.
+
     Raises:
         OutputError: the file cannot be written.
     """
@@ -462,7 +465,33 @@ def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
         "sources_ok": stats["fetch"]["ok"],
         "sources_failed": stats["fetch"]["failed"],
     }
-    write_atomically(output / "health.json", json.dumps(health, indent=2))
+    text = json.dumps(health, indent=2)
+    manifest_path = output / "manifest.json"
+    if not manifest_path.is_file():
+        write_atomically(output / "health.json", text)
+        return
+    output = output.absolute()
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        _remove_leftovers(output)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent)
+        )
+        try:
+            shutil.copytree(output, staging, copy_function=os.link, dirs_exist_ok=True)
+            data = text.encode("utf-8")
+            for path in (staging / "health.json", staging / "manifest.json"):
+                path.unlink(missing_ok=True)  # a new file, not the linked one
+            (staging / "health.json").write_bytes(data)
+            for item in manifest.get("files", []):
+                if item.get("name") == "health.json":
+                    item.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            _swap(staging, output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot mark {output} degraded: {exc}") from exc
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -9,6 +9,7 @@ the dark colour scheme.
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -54,6 +55,14 @@ STYLES = {
 }
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _label(text: str) -> str:
+    """Chart text without control characters, which XML cannot hold."""
+    return _CONTROL.sub("", text)
+
+
 def _config(chart_class: type, style: Style, title: str, **options: Any) -> Any:
     return chart_class(
         style=style,
@@ -86,7 +95,7 @@ def _bars(style: Style, title: str, counts: Counter[str], horizontal: bool) -> b
     )
     if horizontal:
         top.reverse()  # the largest bar on top
-    chart.x_labels = [label for label, _ in top]
+    chart.x_labels = [_label(label) for label, _ in top]
     chart.add("", [count for _, count in top])
     return str(chart.render(is_unicode=True)).encode("utf-8")
 

@@ -232,6 +232,10 @@ def to_link(proxy: Proxy, name: str | None = None) -> str:
         version = dict(proxy.options).get("version", "")
         if version:
             return f"socks{version}://{_userinfo(proxy)}{host}{fragment}"
+        if ":" in proxy.username:
+            # base64(user:pass) cannot say which ':' splits them; the
+            # percent-encoded form can.
+            return f"socks://{_userinfo(proxy)}{host}{fragment}"
         auth = (
             _b64(f"{proxy.username}:{proxy.password}") + "@" if proxy.username else ""
         )

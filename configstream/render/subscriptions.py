@@ -89,7 +89,10 @@ def subscription_files(
     by_country: dict[str, list[str]] = defaultdict(list)
     for entry, link in zip(entries, links, strict=True):
         by_protocol[entry.proxy.protocol].append(link)
-        by_country[entry.country or "XX"].append(link)
+        country = entry.country or "XX"
+        if not (len(country) == 2 and country.isascii() and country.isalpha()):
+            country = "XX"  # a code names a file; nothing else may
+        by_country[country.upper()].append(link)
     for protocol, members in sorted(by_protocol.items()):
         files.update(_pair(f"protocols/{protocol}", f"{title} {protocol}", members))
     for country, members in sorted(by_country.items()):
