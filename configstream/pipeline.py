@@ -50,6 +50,8 @@ from configstream.singbox import locate_core
 
 log = logging.getLogger(__name__)
 
+# Host names resolved at once for the allowed-network check.
+RESOLVE_CONCURRENCY = 64
 # Earlier runs shown in the dashboard's trend chart.
 HISTORY_ON_PAGE = 60
 
@@ -277,20 +279,36 @@ def _in_networks(address: str, networks: Sequence[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
+async def _resolve(host: str) -> list[str] | None:
+    """The addresses of a host name, or None when it does not resolve."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, None, type=socket.SOCK_STREAM
+        )
+    except OSError:
+        return None
+    return [str(info[4][0]) for info in infos]
+
+
 async def _check_allowed(
-    proxy: Proxy, networks: Sequence[Network]
+    proxy: Proxy,
+    networks: Sequence[Network],
+    names: dict[str, asyncio.Task[list[str] | None]] | None = None,
 ) -> ProbeResult | None:
-    """Skip a proxy whose server lies outside the allowed networks."""
+    """Skip a proxy whose server lies outside the allowed networks.
+
+    `names` shares one lookup per host name between the proxies of a run.
+    """
     try:
         addresses = [proxy.server] if ipaddress.ip_address(proxy.server) else []
     except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                proxy.server, proxy.port, type=socket.SOCK_STREAM
-            )
-        except OSError:
+        names = {} if names is None else names
+        if proxy.server not in names:
+            names[proxy.server] = asyncio.ensure_future(_resolve(proxy.server))
+        found = await names[proxy.server]
+        if found is None:
             return ProbeResult(Status.DEAD, reason="server name does not resolve")
-        addresses = [str(info[4][0]) for info in infos]
+        addresses = found
     if all(_in_networks(a, networks) for a in addresses):
         return None
     return ProbeResult(Status.SKIPPED, reason="server outside the allowed networks")
@@ -317,12 +335,19 @@ async def test_entries(
     to_test: list[Entry] = []
     if cache is not None and not settings.fresh:
         cache.preload(identity(entry.proxy) for entry in entries)
-    for entry in entries:
-        verdict = (
-            await _check_allowed(entry.proxy, settings.allow_networks)
-            if settings.allow_networks
-            else None
-        )
+    verdicts: list[ProbeResult | None] = [None] * len(entries)
+    if settings.allow_networks:
+        # Names are resolved concurrently (a few hundred distinct hosts in a
+        # real run), each once.
+        limit = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+        names: dict[str, asyncio.Task[list[str] | None]] = {}
+
+        async def check(proxy: Proxy) -> ProbeResult | None:
+            async with limit:
+                return await _check_allowed(proxy, settings.allow_networks, names)
+
+        verdicts = list(await asyncio.gather(*(check(e.proxy) for e in entries)))
+    for entry, verdict in zip(entries, verdicts, strict=True):
         cached = None
         if verdict is None and cache is not None and not settings.fresh:
             cached = cache.fresh_result(
