@@ -33,10 +33,12 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from configstream.errors import ConfigStreamError, LinkError
+from configstream.errors import ConfigStreamError
 from configstream.models import Entry, ProbeResult, Proxy, Status
 from configstream.parse import FORMATS, parse_body, parse_clash_entry, parse_link
+from configstream.parse.validate import split_plugin_options
 from configstream.render import build_client_files, write_outputs
+from configstream.render.links import to_link
 from configstream.singbox import Core, check_config_file
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 
@@ -844,24 +846,24 @@ def test_lone_surrogate_is_refused_or_written(body: str, tmp_path: Path) -> None
 
 
 def test_plugin_path_cannot_add_plugin_options() -> None:
-    """A ';' in a plugin option value would add options: it is refused."""
-    with pytest.raises(LinkError) as refused:
-        parse_clash_entry(
-            {
-                "type": "ss",
-                "name": "plugin",
-                "server": LOOPBACK,
-                "port": 8388,
-                "cipher": "aes-128-gcm",
-                "password": "pw",
-                "plugin": "v2ray-plugin",
-                "plugin-opts": {
-                    "mode": "websocket",
-                    "path": "/x;tls;host=evil.example",
-                },
-            }
-        )
-    assert refused.value.reason == "bad-plugin"
+    """A ';' in a plugin option value is escaped (SIP003), not a new option."""
+    proxy = parse_clash_entry(
+        {
+            "type": "ss",
+            "name": "plugin",
+            "server": LOOPBACK,
+            "port": 8388,
+            "cipher": "aes-128-gcm",
+            "password": "pw",
+            "plugin": "v2ray-plugin",
+            "plugin-opts": {"mode": "websocket", "path": "/x;tls;host=evil.example"},
+        }
+    )
+    options = split_plugin_options(proxy.plugin_opts)
+    assert ("path", "/x;tls;host=evil.example") in options
+    assert [key for key, _ in options] == ["mode", "path"]
+    again = parse_link(to_link(proxy))
+    assert again == proxy
 
 
 FUZZ_CRASHES = Path(__file__).parent / "data" / "fuzz_crashes"

@@ -20,7 +20,11 @@ from configstream.parse.links import (
     _port_ranges,
     build_transport,
 )
-from configstream.parse.validate import check_unicode, validate
+from configstream.parse.validate import (
+    check_unicode,
+    join_plugin_options,
+    validate,
+)
 
 # The outbound fields each sing-box proxy type uses.
 _SINGBOX_FIELDS = {
@@ -200,32 +204,21 @@ def _clash_plugin(entry: Mapping[str, Any]) -> tuple[str, str]:
     if not plugin:
         return "", ""
     if plugin == "obfs":
-        parts = [f"obfs={_plugin_value(opts.get('mode'))}"]
+        pairs: list[tuple[str, str | None]] = [("obfs", _text(opts.get("mode")))]
         if opts.get("host"):
-            parts.append(f"obfs-host={_plugin_value(opts.get('host'))}")
-        return "obfs-local", ";".join(parts)
+            pairs.append(("obfs-host", _text(opts.get("host"))))
+        return "obfs-local", join_plugin_options(pairs)
     if plugin == "v2ray-plugin":
-        parts = [f"mode={_text(opts.get('mode')) or 'websocket'}"]
+        pairs = [("mode", _text(opts.get("mode")) or "websocket")]
         if _flag(opts.get("tls")):
-            parts.append("tls")
+            pairs.append(("tls", None))
         for key in ("host", "path"):
             if opts.get(key):
-                parts.append(f"{key}={_plugin_value(opts.get(key))}")
-        return "v2ray-plugin", ";".join(parts)
-    return plugin, ";".join(f"{k}={_plugin_value(v)}" for k, v in opts.items())
-
-
-def _plugin_value(value: Any) -> str:
-    """A plugin option value that cannot smuggle in other options.
-
-    SIP003 joins options with ';' (and escapes with '\\'); a path such as
-    `/x;tls;host=evil.example` would otherwise turn TLS on and change the host
-    in every published form of the proxy.
-    """
-    text = _text(value)
-    if ";" in text or "\\" in text:
-        raise LinkError("bad-plugin", "plugin option value contains ';' or '\\'")
-    return text
+                pairs.append((key, _text(opts.get(key))))
+        return "v2ray-plugin", join_plugin_options(pairs)
+    # SIP003 escaping keeps a ';' in a value (a path such as
+    # `/x;tls;host=evil.example`) from adding options of its own.
+    return plugin, join_plugin_options([(str(k), _text(v)) for k, v in opts.items()])
 
 
 def parse_clash_entry(entry: Any) -> Proxy:

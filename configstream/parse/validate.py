@@ -200,6 +200,50 @@ def _check_wireguard(proxy: Proxy) -> None:
         raise LinkError("missing-field", "wireguard config has no local address")
 
 
+def split_plugin_options(text: str) -> list[tuple[str, str | None]]:
+    """SIP003 plugin options as (key, value) pairs, escapes undone.
+
+    Options are separated by ';' and a key from its value by '='; a '\\'
+    makes the next character literal, so `path=/a\\;b` is one option. A key
+    without '=' (`tls`) has the value None.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    key: list[str] = []
+    value: list[str] | None = None
+    characters = iter(text)
+    for char in characters:
+        if char == "\\":
+            char = next(characters, "")
+        elif char == ";":
+            if key or value is not None:
+                pairs.append(("".join(key).strip(), _joined(value)))
+            key, value = [], None
+            continue
+        elif char == "=" and value is None:
+            value = []
+            continue
+        (key if value is None else value).append(char)
+    if key or value is not None:
+        pairs.append(("".join(key).strip(), _joined(value)))
+    return pairs
+
+
+def _joined(value: list[str] | None) -> str | None:
+    return None if value is None else "".join(value).strip()
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(";", "\\;").replace("=", "\\=")
+
+
+def join_plugin_options(pairs: list[tuple[str, str | None]]) -> str:
+    """The SIP003 text of (key, value) pairs, with ';', '=' and '\\' escaped."""
+    return ";".join(
+        _escape(key) if value is None else f"{_escape(key)}={_escape(value)}"
+        for key, value in pairs
+    )
+
+
 def _plugin_options(plugin: str, options: str) -> str:
     """Keep the plugin options each known plugin accepts, checked.
 
@@ -208,28 +252,27 @@ def _plugin_options(plugin: str, options: str) -> str:
     """
     if plugin not in PLUGIN_KEYS:
         return options
-    pairs = [item.partition("=") for item in options.split(";") if item.strip()]
-    kept: list[str] = []
-    for key, sep, value in pairs:
-        key, value = key.strip(), value.strip()
+    kept: list[tuple[str, str | None]] = []
+    for key, value in split_plugin_options(options):
         if key not in PLUGIN_KEYS[plugin]:
             continue
         if key == "obfs" and value not in {"http", "tls"}:
-            raise LinkError("bad-plugin", f"simple-obfs mode {value[:20]!r} is unknown")
+            shown = (value or "")[:20]
+            raise LinkError("bad-plugin", f"simple-obfs mode {shown!r} is unknown")
         if key in {"obfs-host", "host"} and value:
             try:
                 check_host(value)
             except LinkError:
                 raise LinkError("bad-plugin", "plugin host is not a DNS name") from None
-        if key == "mux" and not value.isdigit():
+        if key == "mux" and not (value or "").isdigit():
             continue
-        kept.append(f"{key}={value}" if sep else key)
-    if plugin == "obfs-local" and not any(item.startswith("obfs=") for item in kept):
-        kept.append("obfs=http")  # simple-obfs's own default mode
+        kept.append((key, value))
+    if plugin == "obfs-local" and not any(key == "obfs" for key, _ in kept):
+        kept.append(("obfs", "http"))  # simple-obfs's own default mode
     # One order for the same options, so equal configs compare equal.
     order = PLUGIN_KEYS[plugin]
-    kept.sort(key=lambda item: order.index(item.partition("=")[0]))
-    return ";".join(kept)
+    kept.sort(key=lambda pair: order.index(pair[0]))
+    return join_plugin_options(kept)
 
 
 def validate(proxy: Proxy) -> Proxy:

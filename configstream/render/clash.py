@@ -11,6 +11,7 @@ import yaml
 
 from configstream.models import Proxy
 from configstream.outbound import Unrepresentable, reserved_bytes
+from configstream.parse.validate import split_plugin_options
 
 _CLASH_NETWORKS = {"ws", "grpc", "http", "httpupgrade"}
 # Plain YAML scalars that every loader reads back as the same string. Anything
@@ -141,9 +142,7 @@ def _transport_fields(proxy: Proxy, entry: dict[str, Any]) -> None:
 def _plugin(proxy: Proxy, entry: dict[str, Any]) -> None:
     if not proxy.plugin:
         return
-    opts = dict(
-        item.partition("=")[::2] for item in proxy.plugin_opts.split(";") if item
-    )
+    opts = {key: value or "" for key, value in split_plugin_options(proxy.plugin_opts)}
     if proxy.plugin in {"obfs-local", "simple-obfs"}:
         plugin_opts = {"mode": opts.get("obfs", "http")}
         if opts.get("obfs-host"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from configstream.models import Proxy
+from configstream.parse.validate import join_plugin_options, split_plugin_options
 
 
 def as_expressed(proxy: Proxy, target: str) -> tuple[Proxy, list[str]]:
@@ -49,8 +50,8 @@ def as_expressed(proxy: Proxy, target: str) -> tuple[Proxy, list[str]]:
     ):
         dropped.append("v2ray-plugin mux")
         kept_opts = [
-            o for o in proxy.plugin_opts.split(";") if not o.startswith("mux=")
+            pair for pair in split_plugin_options(proxy.plugin_opts) if pair[0] != "mux"
         ]
-        changes["plugin_opts"] = ";".join(kept_opts)
+        changes["plugin_opts"] = join_plugin_options(kept_opts)
     reduced = dataclasses.replace(proxy, **changes) if changes else proxy  # type: ignore[arg-type]
     return reduced, dropped
