@@ -10,14 +10,11 @@ with strict parsers and opened in Chromium.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
-import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +27,6 @@ from playwright.sync_api import (
     BrowserContext,
     Page,
     expect,
-    sync_playwright,
 )
 
 from configstream.errors import ConfigStreamError
@@ -40,7 +36,7 @@ from configstream.parse.validate import split_plugin_options
 from configstream.render import build_client_files, write_outputs
 from configstream.render.links import to_link
 from configstream.singbox import Core, check_config_file
-from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import chromium, served
 
 PWNED = Path("/tmp/pwned")
 TOUCH = f"touch {PWNED}"
@@ -589,38 +585,17 @@ def test_sources_chart_is_well_formed_xml(published: Published) -> None:
         _check_svg(folder, path)
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site(published: Published) -> Iterator[str]:
     """The output folder served on 127.0.0.1; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(published.folder))
-    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with served(published.folder) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install it with apt-get")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 # Records the page's Content-Security-Policy refusals; Playwright adds this

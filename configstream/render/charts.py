@@ -31,27 +31,24 @@ _FONT_SIZES = {
     "tooltip_font_size": 14,
 }
 _PALETTE = ("#0ea5e9", "#22c55e", "#f59e0b", "#a855f7", "#ef4444", "#14b8a6")
+
+
+def _style(text: str, strong: str, grid: str) -> Style:
+    return Style(
+        background="transparent",
+        plot_background="transparent",
+        foreground=text,
+        foreground_strong=strong,
+        foreground_subtle=grid,
+        colors=_PALETTE,
+        font_family="system-ui, sans-serif",
+        **_FONT_SIZES,
+    )
+
+
 STYLES = {
-    "light": Style(
-        background="transparent",
-        plot_background="transparent",
-        foreground="#1e293b",
-        foreground_strong="#0f172a",
-        foreground_subtle="#cbd5e1",
-        colors=_PALETTE,
-        font_family="system-ui, sans-serif",
-        **_FONT_SIZES,
-    ),
-    "dark": Style(
-        background="transparent",
-        plot_background="transparent",
-        foreground="#e2e8f0",
-        foreground_strong="#f8fafc",
-        foreground_subtle="#334155",
-        colors=_PALETTE,
-        font_family="system-ui, sans-serif",
-        **_FONT_SIZES,
-    ),
+    "light": _style("#1e293b", "#0f172a", "#cbd5e1"),
+    "dark": _style("#e2e8f0", "#f8fafc", "#334155"),
 }
 
 
