@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS fetch_state (
     name TEXT PRIMARY KEY, url TEXT NOT NULL, etag TEXT, last_modified TEXT,
-    body_hash TEXT NOT NULL, fetched_at REAL NOT NULL, report BLOB NOT NULL
+    body_hash TEXT NOT NULL, fetched_at REAL NOT NULL, report BLOB NOT NULL,
+    cursor INTEGER
 );
 CREATE TABLE IF NOT EXISTS source_health (
     run_id INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
@@ -88,6 +89,8 @@ class FetchState:
     etag: str | None
     last_modified: str | None
     body_hash: str
+    # Telegram channels: the newest message id read.
+    cursor: int | None = None
 
 
 # Proxies are stored as lists of field values in declaration order, which
@@ -498,7 +501,7 @@ class Cache:
     def fetch_state(self, name: str, url: str) -> FetchState | None:
         """What the last good fetch of a source left, if its URL is unchanged."""
         row = self.connection.execute(
-            "SELECT etag, last_modified, body_hash FROM fetch_state "
+            "SELECT etag, last_modified, body_hash, cursor FROM fetch_state "
             "WHERE name=? AND url=?",
             (name, url),
         ).fetchone()
@@ -526,12 +529,19 @@ class Cache:
             if packed_report is None:
                 self.connection.execute(
                     "UPDATE fetch_state SET url=?, etag=?, last_modified=?, "
-                    "fetched_at=? WHERE name=?",
-                    (url, state.etag, state.last_modified, self.clock(), name),
+                    "fetched_at=?, cursor=? WHERE name=?",
+                    (
+                        url,
+                        state.etag,
+                        state.last_modified,
+                        self.clock(),
+                        state.cursor,
+                        name,
+                    ),
                 )
                 return
             self.connection.execute(
-                "INSERT OR REPLACE INTO fetch_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO fetch_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     url,
@@ -540,6 +550,7 @@ class Cache:
                     state.body_hash,
                     self.clock(),
                     packed_report,
+                    state.cursor,
                 ),
             )
 

@@ -18,6 +18,7 @@ import yaml
 
 from configstream.errors import SettingsError
 from configstream.parse import FORMATS
+from configstream.telegram import is_channel_url
 
 ALLOW_ENV = "CONFIGSTREAM_ALLOW_NETWORKS"
 DEFAULT_TEST_URL = "https://cp.cloudflare.com/generate_204"
@@ -39,6 +40,14 @@ class Source:
     @property
     def is_remote(self) -> bool:
         return self.url.startswith(("http://", "https://"))
+
+    @property
+    def is_telegram(self) -> bool:
+        """A Telegram channel's preview page (`t.me/s/NAME`, or any URL with
+        `format: telegram`, which tests use on 127.0.0.1)."""
+        return self.is_remote and (
+            self.format == "telegram" or is_channel_url(self.url)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +109,10 @@ def _entry(raw: Any, index: int, base: Path) -> Source:
     else:
         url = str((base / url).resolve()) if not Path(url).is_absolute() else url
     fmt = raw.get("format", "auto") or "auto"
-    if fmt not in FORMATS:
+    if fmt not in (*FORMATS, "telegram"):
         raise SettingsError(
-            f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}", where
+            f"'format' must be one of {', '.join((*FORMATS, 'telegram'))}, got {fmt!r}",
+            where,
         )
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):

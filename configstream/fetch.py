@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import tenacity
 
-from configstream import __version__
+from configstream import __version__, telegram
 from configstream.config import Source
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class Validators:
 
     etag: str | None = None
     last_modified: str | None = None
+    # Telegram channels: the newest message id read so far.
+    cursor: int | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {}
@@ -72,6 +74,10 @@ class FetchResult:
     not_modified: bool = False
     etag: str | None = None
     last_modified: str | None = None
+    # Telegram channels: the newest message id, and whether the body holds
+    # only the messages after the last run's (to join with what was kept).
+    cursor: int | None = None
+    incremental: bool = False
 
     @property
     def is_ok(self) -> bool:
@@ -164,22 +170,29 @@ async def fetch_source(
     """
     result = FetchResult(source)
     started = time.perf_counter()
+
+    async def get(url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_is_transient),
+            stop=tenacity.stop_after_attempt(ATTEMPTS),
+            wait=_Wait(retry_base),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result.attempts += 1
+                # The client's timeout bounds each read; this bounds the
+                # whole download, which a server could trickle forever.
+                async with asyncio.timeout(total_timeout):
+                    return await _download(client, url, headers)
+        raise AssertionError("tenacity returns or raises")  # pragma: no cover
+
     try:
-        if source.is_remote:
+        if source.is_telegram:
+            await _fetch_channel(result, get, validators)
+        elif source.is_remote:
             headers = validators.headers() if validators else {}
-            retrying = tenacity.AsyncRetrying(
-                retry=tenacity.retry_if_exception(_is_transient),
-                stop=tenacity.stop_after_attempt(ATTEMPTS),
-                wait=_Wait(retry_base),
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    result.attempts += 1
-                    # The client's timeout bounds each read; this bounds the
-                    # whole download, which a server could trickle forever.
-                    async with asyncio.timeout(total_timeout):
-                        response, body = await _download(client, source.url, headers)
+            response, body = await get(source.url, headers)
             result.status = response.status_code
             result.etag = response.headers.get("ETag")
             result.last_modified = response.headers.get("Last-Modified")
@@ -220,6 +233,46 @@ async def fetch_source(
     if result.error:
         log.warning("source %s failed: %s", source.name, result.error)
     return result
+
+
+async def _fetch_channel(
+    result: FetchResult,
+    get: Callable[[str, dict[str, str]], Awaitable[tuple[httpx.Response, bytes]]],
+    validators: Validators | None,
+) -> None:
+    """Read a Telegram channel's new messages (see configstream.telegram).
+
+    The body becomes the HTML of the messages newer than `validators.cursor`
+    (all of them on a first read); none new is `not_modified`.
+    """
+    last_seen = validators.cursor if validators else None
+    url = result.source.url
+    blocks: dict[int, str] = {}
+    newest = last_seen
+    for _ in range(telegram.MAX_PAGES):
+        response, body = await get(url, {})
+        result.status = response.status_code
+        if result.status >= 300:
+            result.error = f"HTTP {result.status}"
+            return
+        found = telegram.messages(body.decode("utf-8", "replace"))
+        if not found:
+            break
+        newest = max(newest or 0, *(post for post, _ in found))
+        fresh = {
+            post: html for post, html in found if last_seen is None or post > last_seen
+        }
+        blocks.update(fresh)
+        oldest = min(post for post, _ in found)
+        if len(fresh) < len(found) or oldest <= 1:
+            break  # reached what the last run read, or the channel's start
+        url = telegram.older_page(result.source.url, oldest)
+    result.cursor = newest
+    result.incremental = last_seen is not None
+    if last_seen is not None and not blocks:
+        result.not_modified = True
+        return
+    result.body = telegram.page_of([blocks[post] for post in sorted(blocks)])
 
 
 async def fetch_all(

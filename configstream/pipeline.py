@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from configstream import __version__
+from configstream import __version__, telegram
 from configstream.cache import (
     Cache,
     FetchState,
@@ -123,13 +123,22 @@ class _SourceReader:
                 return
             body, result.body = result.body, None
             digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            shape = "auto" if source.is_telegram else source.format
             if state is not None and state.body_hash == digest:
                 report, how = await self._stored(source.name, digest), "same-body"
             elif digest in self.reports:
                 report, how = self.reports[digest], "same-body"
             else:
-                report = await self._in_worker(parse_body, body, source.format)
+                report = await self._in_worker(parse_body, body, shape)
                 how = "parsed"
+            if result.incremental and state is not None:
+                # A channel's new messages join the configs kept from the
+                # messages read on earlier runs.
+                kept = await self._stored(source.name, state.body_hash)
+                report = telegram.joined(report, kept)
+                digest = hashlib.blake2b(
+                    f"{digest}+{state.body_hash}".encode(), digest_size=16
+                ).hexdigest()
             self.reports[digest] = report
         except SourceError as exc:
             self.outcomes[source.name] = exc
@@ -150,7 +159,7 @@ class _SourceReader:
             self.cache.record_fetch_state(
                 source.name,
                 source.url,
-                FetchState(result.etag, result.last_modified, digest),
+                FetchState(result.etag, result.last_modified, digest, result.cursor),
                 None if unchanged else self.packed[digest],
             )
 
@@ -446,9 +455,9 @@ async def _run_pipeline(
             settings.fetch_timeout,
             lambda _: reporter.advance(),
             validators={
-                name: Validators(state.etag, state.last_modified)
+                name: Validators(state.etag, state.last_modified, state.cursor)
                 for name, state in kept.items()
-                if state.etag or state.last_modified
+                if state.etag or state.last_modified or state.cursor
             },
             consume=reader,
         )
