@@ -74,8 +74,10 @@ def test_bad_file_names_entry_and_problem(
 def test_shipped_sources_file_is_valid() -> None:
     """The production list loads and is spread over many publishers."""
     sources = load_sources(REPO / "sources.yml")
-    assert 200 <= len(sources) <= 300
+    assert 300 <= len(sources) <= 400
     assert all(s.is_remote for s in sources)
+    channels = [s for s in sources if s.is_telegram]
+    assert 50 <= len(channels) < len(sources) / 2
     owners = {
         s.url.split("/")[3].lower() for s in sources if "githubusercontent" in s.url
     }
