@@ -106,7 +106,8 @@ _ALPN_AT = _TLS_FIELDS.index("alpn")
 _OPTIONS_AT = _TRANSPORT_FIELDS.index("options")
 
 
-def _proxy_data(proxy: Proxy) -> list[Any]:
+def proxy_to_data(proxy: Proxy) -> list[Any]:
+    """A proxy as plain msgpack-able values (cache, shard partials)."""
     values = [getattr(proxy, name) for name in _PROXY_FIELDS]
     if proxy.tls is not None:
         values[_TLS_AT] = [getattr(proxy.tls, name) for name in _TLS_FIELDS]
@@ -117,7 +118,12 @@ def _proxy_data(proxy: Proxy) -> list[Any]:
     return values
 
 
-def _proxy_from_data(values: list[Any]) -> Proxy:
+def proxy_from_data(values: list[Any]) -> Proxy:
+    """The inverse of `proxy_to_data` (it reuses the list it is given).
+
+    Raises:
+        ValueError, TypeError: the values are not a stored proxy.
+    """
     if len(values) != len(_PROXY_FIELDS):
         raise ValueError("stored proxy has another number of fields")
     for at in _TUPLES_AT:
@@ -144,7 +150,7 @@ def report_to_data(report: ParseReport) -> dict[str, Any]:
         "found": report.found,
         "lines": report.lines,
         "ignored_lines": report.ignored_lines,
-        "proxies": [_proxy_data(proxy) for proxy in report.proxies],
+        "proxies": [proxy_to_data(proxy) for proxy in report.proxies],
         "rejections": [[r.reason, r.detail, r.where] for r in report.rejections],
     }
 
@@ -173,7 +179,7 @@ def report_from_data(data: dict[str, Any]) -> ParseReport:
     """
     return ParseReport(
         shape=data["shape"],
-        proxies=[_proxy_from_data(item) for item in data["proxies"]],
+        proxies=[proxy_from_data(item) for item in data["proxies"]],
         rejections=[Rejection(*item) for item in data["rejections"]],
         found=data["found"],
         lines=data["lines"],

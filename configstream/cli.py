@@ -115,13 +115,21 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("configstream").setLevel(level)
 
 
+def _add_cache_folder(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache", type=Path, default=Path("cache"), help="cache folder"
+    )
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("output"), help="output folder"
     )
-    parser.add_argument(
-        "--cache", type=Path, default=Path("cache"), help="cache folder"
-    )
+    _add_cache_folder(parser)
     parser.add_argument(
         "--timeout", type=float, default=8.0, help="seconds per proxy test"
     )
@@ -165,7 +173,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="keep the previous output when fewer proxies are alive than this share "
         "of the last good run (default 0.2)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         help="input shape (default: detect from content)",
     )
-    convert.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(convert)
 
     check = commands.add_parser(
         "check", help="test links or subscriptions and print the results"
@@ -232,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", help="inspect or tidy the cache folder")
     cache.add_argument("action", choices=("stats", "prune", "clear"))
-    cache.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder")
+    _add_cache_folder(cache)
     cache.add_argument(
         "--older-than",
         type=float,
@@ -240,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOURS",
         help="prune: drop results older than this (default 24)",
     )
-    cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(cache)
 
     publish = commands.add_parser(
         "publish", help="push the output folder to a branch as one fresh commit"
@@ -259,16 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="commit locally, show changes, push nothing",
     )
-    publish.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(publish)
 
     sources = commands.add_parser(
         "sources", help="show each source's health over the recorded runs"
     )
-    sources.add_argument(
-        "--cache", type=Path, default=Path("cache"), help="cache folder"
-    )
+    _add_cache_folder(sources)
     sources.add_argument("--json", action="store_true", help="print JSON, not a table")
-    sources.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(sources)
 
     demo = commands.add_parser(
         "demo", help="run the pipeline on a local offline world (127.0.0.1 only)"

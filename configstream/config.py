@@ -42,6 +42,11 @@ class Source:
         return self.url.startswith(("http://", "https://"))
 
     @property
+    def body_format(self) -> str:
+        """The shape to read the body as (a channel's messages are a page)."""
+        return "auto" if self.format == "telegram" else self.format
+
+    @property
     def is_telegram(self) -> bool:
         """A Telegram channel's preview page (`t.me/s/NAME`, or any URL with
         `format: telegram`, which tests use on 127.0.0.1)."""

@@ -171,21 +171,25 @@ async def fetch_source(
     result = FetchResult(source)
     started = time.perf_counter()
 
+    async def attempt(
+        url: str, headers: dict[str, str]
+    ) -> tuple[httpx.Response, bytes]:
+        result.attempts += 1
+        # The client's timeout bounds each read; this bounds the whole
+        # download, which a server could trickle forever.
+        async with asyncio.timeout(total_timeout):
+            return await _download(client, url, headers)
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(_is_transient),
+        stop=tenacity.stop_after_attempt(ATTEMPTS),
+        wait=_Wait(retry_base),
+        reraise=True,
+    )
+
     async def get(url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(_is_transient),
-            stop=tenacity.stop_after_attempt(ATTEMPTS),
-            wait=_Wait(retry_base),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                result.attempts += 1
-                # The client's timeout bounds each read; this bounds the
-                # whole download, which a server could trickle forever.
-                async with asyncio.timeout(total_timeout):
-                    return await _download(client, url, headers)
-        raise AssertionError("tenacity returns or raises")  # pragma: no cover
+        # A fresh copy per request: each page of a channel gets its attempts.
+        return await retrying.copy()(attempt, url, headers)
 
     try:
         if source.is_telegram:

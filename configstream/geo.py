@@ -19,6 +19,12 @@ def default_database() -> Path:
     return Path(geolite2_database())
 
 
+def is_country_code(text: str) -> bool:
+    """Two ASCII letters: the only country codes that may name a file
+    (countries/DE.txt); anything else from a database is ignored."""
+    return len(text) == 2 and text.isascii() and text.isalpha()
+
+
 class GeoIP:
     """Looks up ISO 3166 alpha-2 country codes; None when unknown."""
 

@@ -104,6 +104,16 @@ def summarize(history: dict[str, list[dict[str, Any]]]) -> list[SourceHealth]:
     return sorted(summaries, key=lambda health: health.name)
 
 
+def flag_rows(
+    rows: Sequence[dict[str, Any]], history: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Set each of this run's rows' `flag`, as `configstream sources` will
+    show it once the row joins the source's history."""
+    for row in rows:
+        health = summarize({row["name"]: [*history.get(row["name"], []), row]})
+        row["flag"] = health[0].flag
+
+
 def resting(history: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     """Flagged sources that sit out this run, with the reason.
 

@@ -32,7 +32,7 @@ from configstream.config import Network, RunSettings
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
-from configstream.health import add_outcomes, resting, summarize
+from configstream.health import add_outcomes, flag_rows, resting
 from configstream.models import (
     Entry,
     ParseReport,
@@ -81,10 +81,6 @@ class RunOutcome:
     degraded: str = ""
 
 
-def _body_hash(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
-
-
 class _SourceReader:
     """Parses each body as its download finishes, then lets the body go.
 
@@ -123,13 +119,12 @@ class _SourceReader:
                 return
             body, result.body = result.body, None
             digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-            shape = "auto" if source.is_telegram else source.format
             if state is not None and state.body_hash == digest:
                 report, how = await self._stored(source.name, digest), "same-body"
             elif digest in self.reports:
                 report, how = self.reports[digest], "same-body"
             else:
-                report = await self._in_worker(parse_body, body, shape)
+                report = await self._in_worker(parse_body, body, source.body_format)
                 how = "parsed"
             if result.incremental and state is not None:
                 # A channel's new messages join the configs kept from the
@@ -434,7 +429,8 @@ async def _run_pipeline(
 
     mark = time.perf_counter()
     enabled = [s for s in settings.sources if s.enabled]
-    rest = {} if settings.all_sources else resting(cache.source_history())
+    history = cache.source_history()
+    rest = {} if settings.all_sources else resting(history)
     sources = [s for s in enabled if s.name not in rest]
     for name, why in rest.items():
         log.info("source %s rests this run: %s", name, why)
@@ -507,12 +503,7 @@ async def _run_pipeline(
         await test_entries(entries, settings, reporter, stats, cache)
     seconds["test"] = time.perf_counter() - mark
     add_outcomes(per_source, entries)
-    history = cache.source_history()
-    for row in per_source:
-        # The flag this run's row gives the source, as `configstream sources`
-        # will show it.
-        health = summarize({row["name"]: [*history.get(row["name"], []), row]})
-        row["flag"] = health[0].flag
+    flag_rows(per_source, history)
     stats["history"] = _history(cache)
 
     mark = time.perf_counter()
@@ -616,10 +607,7 @@ async def merge_partials(
         e for e in entries if e.result.status in (Status.ALIVE, Status.UNTESTED)
     ]
     with exclusive(settings.cache), Cache.open(settings.cache) as cache:
-        history = cache.source_history()
-        for row in stats["sources"]:
-            health = summarize({row["name"]: [*history.get(row["name"], []), row]})
-            row["flag"] = health[0].flag
+        flag_rows(stats["sources"], cache.source_history())
         stats["history"] = _history(cache)
         return _publish(
             entries, published, stats, settings, cache, reporter or _Silent()

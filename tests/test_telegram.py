@@ -14,7 +14,7 @@ import pytest
 
 from configstream.demo import serve_http
 from configstream.telegram import is_channel_url, messages, older_page
-from tests.conftest import run_cli
+from tests.conftest import run_untested
 
 PAGE_SIZE = 10
 
@@ -74,20 +74,7 @@ def channel() -> Iterator[tuple[Channel, str]]:
 
 
 def _run(folder: Path, url: str) -> dict[str, Any]:
-    (folder / "sources.yml").write_text(
-        f"sources:\n  - name: chan\n    url: '{url}'\n    format: telegram\n"
-    )
-    done = run_cli(
-        "run",
-        "--no-test",
-        "--sources",
-        "sources.yml",
-        "--output",
-        "out",
-        "--cache",
-        "cache",
-        cwd=folder,
-    )
+    done = run_untested(folder, [{"name": "chan", "url": url, "format": "telegram"}])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((folder / "out" / "stats.json").read_text())
 

@@ -90,6 +90,11 @@ def _list(value: Any) -> tuple[str, ...]:
     return ()
 
 
+def _bandwidth(entry: Mapping[str, Any], key: str) -> int:
+    """Mbps from Clash's `up` / `down`, written `100` or `100 Mbps`."""
+    return _int(_text(entry.get(key)).split(" ")[0], key)
+
+
 def _int(value: Any, field: str) -> int:
     text = _text(value)
     if not text:
@@ -288,8 +293,8 @@ def _clash_entry(entry: Any) -> Proxy:
             ports=ports,
             obfs=_text(entry.get("obfs")),
             obfs_password=_text(entry.get("obfs-password")),
-            up_mbps=_int(_text(entry.get("up")).split(" ")[0], "up"),
-            down_mbps=_int(_text(entry.get("down")).split(" ")[0], "down"),
+            up_mbps=_bandwidth(entry, "up"),
+            down_mbps=_bandwidth(entry, "down"),
             tls=_clash_tls(entry, True),
             **base,
         )
@@ -298,8 +303,8 @@ def _clash_entry(entry: Any) -> Proxy:
             protocol="hysteria",
             password=_text(entry.get("auth-str") or entry.get("auth")),
             obfs_password=_text(entry.get("obfs")),
-            up_mbps=_int(_text(entry.get("up")).split(" ")[0], "up"),
-            down_mbps=_int(_text(entry.get("down")).split(" ")[0], "down"),
+            up_mbps=_bandwidth(entry, "up"),
+            down_mbps=_bandwidth(entry, "down"),
             tls=_clash_tls(entry, True),
             **base,
         )

@@ -7,6 +7,7 @@ the whole set is complete, so a failed run never leaves a half-written set.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,7 +30,6 @@ import jinja2
 from configstream.errors import OutputError
 from configstream.models import Entry, Status, identity
 from configstream.outbound import Unrepresentable, to_outbound
-from configstream.render.charts import chart_files, qr_svg
 from configstream.render.clash import clash_config, dump_yaml, to_clash
 from configstream.render.fidelity import as_expressed
 from configstream.render.links import to_link
@@ -285,6 +285,9 @@ def _build_files(
             "alive": stats["test"]["alive"],
         },
     ]
+    # pygal and segno cost 50 ms to import; only writing the page needs them.
+    from configstream.render.charts import chart_files, qr_svg
+
     charts = chart_files(records, stats, history)
     main = [
         {"file": name, "label": label}
@@ -414,12 +417,7 @@ def write_outputs(
     files = _build_files(entries, stats, test_url, title, base_url)
     output = output.absolute()
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(output)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent)
-        )
-        try:
+        with _staged(output) as staging:
             published = []
             for name, content in files.items():
                 data = content.encode("utf-8") if isinstance(content, str) else content
@@ -437,10 +435,6 @@ def write_outputs(
                 ],
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            _swap(staging, output)
-        finally:
-            # After the swap this is the previous set.
-            shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise OutputError(f"cannot write output to {output}: {exc.strerror}") from exc
     log.info("wrote %d files to %s", len(published) + 1, output)
@@ -473,11 +467,7 @@ def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
     output = output.absolute()
     try:
         manifest = json.loads(manifest_path.read_text())
-        _remove_leftovers(output)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent)
-        )
-        try:
+        with _staged(output) as staging:
             shutil.copytree(output, staging, copy_function=os.link, dirs_exist_ok=True)
             data = text.encode("utf-8")
             for path in (staging / "health.json", staging / "manifest.json"):
@@ -487,11 +477,25 @@ def write_health(output: Path, stats: dict[str, Any], reason: str) -> None:
                 if item.get("name") == "health.json":
                     item.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            _swap(staging, output)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     except (OSError, ValueError) as exc:
         raise OutputError(f"cannot mark {output} degraded: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _staged(output: Path) -> Iterator[Path]:
+    """A fresh folder beside `output` to fill; swapped in if the block ends
+    without an error, removed in every case (after the swap it holds the
+    previous set)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(output)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent)
+    )
+    try:
+        yield staging
+        _swap(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

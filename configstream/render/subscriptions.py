@@ -12,6 +12,7 @@ import base64
 from collections import defaultdict
 from collections.abc import Sequence
 
+from configstream.geo import is_country_code
 from configstream.models import Entry, Proxy
 
 FASTEST_COUNT = 200
@@ -90,9 +91,7 @@ def subscription_files(
     for entry, link in zip(entries, links, strict=True):
         by_protocol[entry.proxy.protocol].append(link)
         country = entry.country or "XX"
-        if not (len(country) == 2 and country.isascii() and country.isalpha()):
-            country = "XX"  # a code names a file; nothing else may
-        by_country[country.upper()].append(link)
+        by_country[country.upper() if is_country_code(country) else "XX"].append(link)
     for protocol, members in sorted(by_protocol.items()):
         files.update(_pair(f"protocols/{protocol}", f"{title} {protocol}", members))
     for country, members in sorted(by_country.items()):
