@@ -38,6 +38,7 @@ from configstream.config import (
     Source,
     allowed_networks,
     load_sources,
+    parse_nameservers,
 )
 from configstream.convert import TARGETS, convert, report_problems
 from configstream.errors import ConfigStreamError, SettingsError
@@ -148,6 +149,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR",
         help="only contact servers in these networks (repeatable; also "
         "CONFIGSTREAM_ALLOW_NETWORKS)",
+    )
+    parser.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="IP[:PORT]",
+        help="DNS server for proxy server names (repeatable; default: the system's)",
     )
     parser.add_argument(
         "--no-test", action="store_true", help="publish parsed proxies untested"
@@ -296,6 +304,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> RunSettings:
         concurrency=args.concurrency,
         geoip=args.geoip,
         allow_networks=allowed_networks(args.allow_network),
+        nameservers=parse_nameservers(args.dns),
         no_test=args.no_test,
         min_alive_share=args.min_alive_share,
         fresh=args.fresh,

@@ -18,6 +18,7 @@ import yaml
 
 from configstream.errors import SettingsError
 from configstream.parse import FORMATS
+from configstream.resolve import split_nameserver
 from configstream.telegram import is_channel_url
 
 ALLOW_ENV = "CONFIGSTREAM_ALLOW_NETWORKS"
@@ -86,6 +87,9 @@ class RunSettings:
     shard: tuple[int, int] | None = None
     # Where output/ is published (the Pages URL); QR codes point there.
     base_url: str | None = None
+    # DNS servers for proxy server names ("ADDRESS" or "ADDRESS:PORT");
+    # empty: the system's, from /etc/resolv.conf.
+    nameservers: tuple[str, ...] = ()
 
 
 def _entry(raw: Any, index: int, base: Path) -> Source:
@@ -191,3 +195,29 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
 def allowed_networks(cli_values: Sequence[str]) -> tuple[Network, ...]:
     """Networks from --allow-network plus the CONFIGSTREAM_ALLOW_NETWORKS variable."""
     return parse_networks([*cli_values, os.environ.get(ALLOW_ENV, "")])
+
+
+def parse_nameservers(values: Sequence[str]) -> tuple[str, ...]:
+    """DNS servers from --dns: an IP address, optionally with :PORT
+    (IPv6 with a port in brackets, "[::1]:53").
+
+    Raises:
+        SettingsError: a value is not an address, or the port is out of range.
+    """
+    servers: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                host, port = split_nameserver(item)
+                ipaddress.ip_address(host)
+                if not 0 < port < 65536:
+                    raise ValueError
+            except ValueError:
+                raise SettingsError(
+                    f"{item!r} is not a DNS server address (IP or IP:PORT)", "--dns"
+                ) from None
+            servers.append(item)
+    return tuple(servers)

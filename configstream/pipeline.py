@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import logging
 import resource
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -45,13 +44,12 @@ from configstream.parse import parse_body
 from configstream.parse.links import clear_memo
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render import alive_first, write_health, write_outputs
+from configstream.resolve import Resolver
 from configstream.shard import read_partials, shard_of, write_partial
 from configstream.singbox import locate_core
 
 log = logging.getLogger(__name__)
 
-# Host names resolved at once for the allowed-network check.
-RESOLVE_CONCURRENCY = 64
 # Earlier runs shown in the dashboard's trend chart.
 HISTORY_ON_PAGE = 60
 
@@ -283,37 +281,15 @@ def _in_networks(address: str, networks: Sequence[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
-async def _resolve(host: str) -> list[str] | None:
-    """The addresses of a host name, or None when it does not resolve."""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, None, type=socket.SOCK_STREAM
-        )
-    except OSError:
-        return None
-    return [str(info[4][0]) for info in infos]
-
-
 async def _check_allowed(
-    proxy: Proxy,
-    networks: Sequence[Network],
-    names: dict[str, asyncio.Task[list[str] | None]] | None = None,
+    proxy: Proxy, networks: Sequence[Network], resolver: Resolver
 ) -> ProbeResult | None:
-    """Skip a proxy whose server lies outside the allowed networks.
-
-    `names` shares one lookup per host name between the proxies of a run.
-    """
-    try:
-        addresses = [proxy.server] if ipaddress.ip_address(proxy.server) else []
-    except ValueError:
-        names = {} if names is None else names
-        if proxy.server not in names:
-            names[proxy.server] = asyncio.ensure_future(_resolve(proxy.server))
-        found = await names[proxy.server]
-        if found is None:
-            return ProbeResult(Status.DEAD, reason="server name does not resolve")
-        addresses = found
-    if all(_in_networks(a, networks) for a in addresses):
+    """Skip a proxy whose server lies outside the allowed networks; a name
+    that does not resolve is dead (the core could not reach it either)."""
+    answer = await resolver.resolve(proxy.server)
+    if not answer.addresses:
+        return ProbeResult(Status.DEAD, reason="server name does not resolve")
+    if all(_in_networks(a, networks) for a in answer.addresses):
         return None
     return ProbeResult(Status.SKIPPED, reason="server outside the allowed networks")
 
@@ -324,11 +300,14 @@ async def test_entries(
     reporter: Reporter,
     stats: dict[str, Any],
     cache: Cache | None = None,
+    resolver: Resolver | None = None,
 ) -> None:
     """Test entries in place: skip those outside the allowed networks, run the rest.
 
     With a cache (and not `settings.fresh`), results still within their time
-    to live are reused instead of testing again.
+    to live are reused instead of testing again. `resolver` answers server
+    names for the allowed-network check and the tester's pre-check, and
+    keeps them for the geo stage.
 
     Sets each entry's result and writes the counts into `stats["test"]`.
 
@@ -339,18 +318,19 @@ async def test_entries(
     to_test: list[Entry] = []
     if cache is not None and not settings.fresh:
         cache.preload(identity(entry.proxy) for entry in entries)
+    resolver = resolver or Resolver(settings.nameservers)
     verdicts: list[ProbeResult | None] = [None] * len(entries)
     if settings.allow_networks:
         # Names are resolved concurrently (a few hundred distinct hosts in a
-        # real run), each once.
-        limit = asyncio.Semaphore(RESOLVE_CONCURRENCY)
-        names: dict[str, asyncio.Task[list[str] | None]] = {}
-
-        async def check(proxy: Proxy) -> ProbeResult | None:
-            async with limit:
-                return await _check_allowed(proxy, settings.allow_networks, names)
-
-        verdicts = list(await asyncio.gather(*(check(e.proxy) for e in entries)))
+        # real run), each once: the resolver shares lookups of one name.
+        verdicts = list(
+            await asyncio.gather(
+                *(
+                    _check_allowed(e.proxy, settings.allow_networks, resolver)
+                    for e in entries
+                )
+            )
+        )
     for entry, verdict in zip(entries, verdicts, strict=True):
         cached = None
         if verdict is None and cache is not None and not settings.fresh:
@@ -377,8 +357,9 @@ async def test_entries(
             trace_url=settings.trace_url,
             timeout=settings.timeout,
             concurrency=settings.concurrency,
+            nameservers=settings.nameservers,
         )
-        tester = ProxyTester(core, probe, progress=reporter.advance)
+        tester = ProxyTester(core, probe, progress=reporter.advance, resolver=resolver)
         results = await tester.test([entry.proxy for entry in to_test])
         for entry in to_test:
             entry.result = results[entry.proxy]
@@ -404,13 +385,22 @@ async def test_entries(
 
 
 def _locate(
-    entries: Sequence[Entry], settings: RunSettings, stats: dict[str, Any]
+    entries: Sequence[Entry],
+    settings: RunSettings,
+    stats: dict[str, Any],
+    resolver: Resolver | None = None,
 ) -> None:
+    """Country of each entry: by its exit address when the test saw one, else
+    by its server's address (a name only when the run already resolved it)."""
     with GeoIP(settings.geoip) as geo:
         for entry in entries:
-            entry.country = geo.country(entry.result.exit_ip) or geo.country(
-                entry.proxy.server
-            )
+            country = geo.country(entry.result.exit_ip)
+            if country is None:
+                known = (resolver.cached(entry.proxy.server) if resolver else None) or (
+                    entry.proxy.server,
+                )
+                country = geo.country(known[0])
+            entry.country = country
         stats["geo"] = {
             "database": geo.path.name,
             "by_country": dict(
@@ -426,6 +416,7 @@ async def _run_pipeline(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     stats: dict[str, Any] = {"version": __version__}
+    resolver = Resolver(settings.nameservers)
 
     mark = time.perf_counter()
     enabled = [s for s in settings.sources if s.enabled]
@@ -500,7 +491,7 @@ async def _run_pipeline(
     if settings.no_test:
         _test_skipped(entries, stats)
     else:
-        await test_entries(entries, settings, reporter, stats, cache)
+        await test_entries(entries, settings, reporter, stats, cache, resolver)
     seconds["test"] = time.perf_counter() - mark
     add_outcomes(per_source, entries)
     flag_rows(per_source, history)
@@ -510,7 +501,17 @@ async def _run_pipeline(
     published = [
         e for e in entries if e.result.status in (Status.ALIVE, Status.UNTESTED)
     ]
-    _locate(published, settings, stats)
+    # An alive proxy whose trace failed is placed by its server's address;
+    # UDP protocols skip the pre-check, so their names may not be known yet.
+    unplaced = {
+        e.proxy.server
+        for e in published
+        if e.result.status is Status.ALIVE and not e.result.exit_ip
+    }
+    await asyncio.gather(*(resolver.resolve(host) for host in unplaced))
+    _locate(published, settings, stats, resolver)
+    stats["dns"] = {"queries": resolver.queries, "reused": resolver.hits}
+    await resolver.aclose()
     seconds["geo"] = time.perf_counter() - mark
 
     seconds["total"] = time.perf_counter() - started

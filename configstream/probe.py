@@ -31,6 +31,7 @@ import httpx
 from configstream.errors import CoreError
 from configstream.models import ProbeResult, Proxy, Status
 from configstream.outbound import Unrepresentable, secrets_of, to_outbound
+from configstream.resolve import Resolver, split_nameserver
 from configstream.singbox import Core, find_bad_outbound, reserve_ports, run_core
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,12 @@ UDP_PROTOCOLS = frozenset({"hysteria", "hysteria2", "tuic", "wireguard"})
 # unloadable configs than this is split instead of checked one by one.
 MAX_CHECK_ROUNDS = 64
 TRACE_BYTES = 4096
+# Addresses of one server name the pre-check tries before calling it dead.
+MAX_ADDRESSES = 2
 
 Progress = Callable[[int], None]
+# A server's addresses and port: what the pre-check dials once.
+Target = tuple[tuple[str, ...], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class ProbeSettings:
     trace_url: str | None
     timeout: float
     concurrency: int
+    # DNS servers for server names ("IP" or "IP:PORT"); empty: the system's.
+    nameservers: tuple[str, ...] = ()
 
 
 def make_ssl_context() -> ssl.SSLContext:
@@ -127,7 +134,9 @@ async def _probe_one(
 
 
 def _batch_config(
-    outbounds: Sequence[dict[str, Any]], ports: Sequence[int]
+    outbounds: Sequence[dict[str, Any]],
+    ports: Sequence[int],
+    nameservers: Sequence[str] = (),
 ) -> dict[str, Any]:
     inbounds = [
         {"type": "mixed", "tag": f"in-{i}", "listen": "127.0.0.1", "listen_port": port}
@@ -147,6 +156,16 @@ def _batch_config(
     endpoints = [ob for ob in outbounds if ob["type"] == "wireguard"]
     if endpoints:
         config["endpoints"] = endpoints
+    if nameservers:
+        # The core resolves server names through the same servers as the
+        # pre-check, so both see the same addresses.
+        config["dns"] = {
+            "servers": [
+                {"type": "udp", "tag": f"dns-{i}", "server": host, "server_port": port}
+                for i, (host, port) in enumerate(map(split_nameserver, nameservers))
+            ]
+        }
+        config["route"]["default_domain_resolver"] = "dns-0"
     return config
 
 
@@ -234,9 +253,14 @@ class ProxyTester:
     """Tests proxies in batches, one core process per batch."""
 
     def __init__(
-        self, core: Core, settings: ProbeSettings, progress: Progress | None = None
+        self,
+        core: Core,
+        settings: ProbeSettings,
+        progress: Progress | None = None,
+        resolver: Resolver | None = None,
     ):
         self.core = core
+        self.resolver = resolver or Resolver(settings.nameservers)
         self.settings = settings
         self.progress = progress or (lambda done: None)
         self.context = make_ssl_context()
@@ -268,39 +292,67 @@ class ProxyTester:
         return results
 
     async def _precheck(self, proxies: Sequence[Proxy]) -> dict[Proxy, str]:
-        """TCP-connect once per server:port; those that refuse are dead.
+        """TCP-connect once per address:port; those that refuse are dead.
 
-        QUIC-based protocols and WireGuard run over UDP, where a connect
-        proves nothing, so they skip this pass.
+        Server names are resolved first (each once, through the run's
+        resolver), so two names of one server cost one connect. QUIC-based
+        protocols and WireGuard run over UDP, where a connect proves nothing,
+        so they skip this pass.
         """
-        endpoints = {
-            (p.server, p.port) for p in proxies if p.protocol not in UDP_PROTOCOLS
-        }
+        tcp = [p for p in proxies if p.protocol not in UDP_PROTOCOLS]
         timeout = min(PRECHECK_TIMEOUT, self.settings.timeout)
+        names = {p.server for p in tcp}
+        answers = dict(
+            zip(
+                names,
+                await asyncio.gather(*(self.resolver.resolve(n) for n in names)),
+                strict=True,
+            )
+        )
 
-        async def connect(endpoint: tuple[str, int]) -> tuple[tuple[str, int], str]:
+        async def connect(target: Target) -> tuple[Target, str]:
+            addresses, port = target
+            reason = ""
             async with self.limit:
-                try:
-                    _, writer = await asyncio.wait_for(
-                        asyncio.open_connection(*endpoint), timeout
-                    )
-                except TimeoutError:
-                    return endpoint, "tcp connect timeout"
-                except ConnectionRefusedError:
-                    return endpoint, "tcp connect refused"
-                except OSError as exc:
-                    return endpoint, f"tcp connect failed: {type(exc).__name__}"
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return endpoint, ""
+                # Like the core's dialer, try the next address when one
+                # fails; the first that accepts settles it.
+                for address in addresses[:MAX_ADDRESSES]:
+                    try:
+                        _, writer = await asyncio.wait_for(
+                            asyncio.open_connection(address, port), timeout
+                        )
+                    except TimeoutError:
+                        reason = "tcp connect timeout"
+                        continue
+                    except ConnectionRefusedError:
+                        reason = "tcp connect refused"
+                        continue
+                    except OSError as exc:
+                        reason = f"tcp connect failed: {type(exc).__name__}"
+                        continue
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return target, ""
+            return target, reason
 
-        verdicts = dict(await asyncio.gather(*(connect(e) for e in endpoints)))
-        return {
-            p: verdicts[(p.server, p.port)]
-            for p in proxies
-            if verdicts.get((p.server, p.port))
+        targets = {
+            p: (answers[p.server].addresses, p.port)
+            for p in tcp
+            if answers[p.server].addresses
         }
+        verdicts = dict(
+            await asyncio.gather(*(connect(t) for t in set(targets.values())))
+        )
+        refused = {
+            p: "server name does not resolve"
+            for p in tcp
+            if not answers[p.server].addresses
+        }
+        refused.update(
+            (p, verdicts[target]) for p, target in targets.items() if verdicts[target]
+        )
+        return refused
 
     async def _loadable(
         self,
@@ -401,7 +453,9 @@ class ProxyTester:
                 counted.add(proxy)
                 self.progress(1)
 
-        async with run_core(self.core, _batch_config(outbounds, ports), ports) as proc:
+        async with run_core(
+            self.core, _batch_config(outbounds, ports, self.settings.nameservers), ports
+        ) as proc:
             await asyncio.gather(*(one(i) for i in range(len(batch))))
             if any(r.status is not Status.ALIVE for r in results.values()):
                 # Probes see a dead core's connections reset before asyncio
