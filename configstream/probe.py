@@ -18,12 +18,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import resource
 import ssl
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -182,6 +184,17 @@ def _batch_index(
     return positions[index] if index < len(positions) else None
 
 
+_STARTED_TAG = re.compile(r"\[p-(\d+)\]")
+
+
+def _started_index(stderr: str, size: int) -> int | None:
+    """The batch position of the outbound a failed start names by tag."""
+    match = _STARTED_TAG.search(stderr)
+    if match is None or int(match.group(1)) >= size:
+        return None
+    return int(match.group(1))
+
+
 def _combine(first: ProbeResult, second: ProbeResult) -> ProbeResult:
     if second.status is not Status.ALIVE:
         return ProbeResult(Status.DEAD, reason=f"flaky: second round {second.reason}")
@@ -195,6 +208,9 @@ def _combine(first: ProbeResult, second: ProbeResult) -> ProbeResult:
 
 # A batch whose core dies or cannot start is tried this many times in all.
 BATCH_ATTEMPTS = 2
+# Halvings of failing batches allowed per tester: one bad config in a batch
+# of 1,000 needs about 20; a core that fails for every config stops here.
+MAX_SPLITS = 64
 # How long a batch with failures waits to see whether its core died.
 CORE_EXIT_GRACE = 0.3
 
@@ -209,7 +225,7 @@ class _CoreDied(Exception):
 def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, CoreError):
         return f"no free local port for the core's inbounds: {exc.strerror or exc}"
-    return f"the core failed twice: {str(exc).splitlines()[0][:160]}"
+    return f"the core failed: {str(exc).splitlines()[0][:160]}"
 
 
 # Descriptors kept free for everything else (logs, the cache, httpx pools).
@@ -249,6 +265,55 @@ def fd_budget(requested: int, limits: tuple[int, int] | None = None) -> tuple[in
     return concurrency, batch
 
 
+# Memory per outbound with its inbound in a core (measured on 1.14.4: 6,000
+# take about 135 MB) and per test in flight (the core's connection pair and
+# this process's httpx connection: 200 in flight cost about 240 MB for the
+# whole tree, 500 about 258 MB in benchmarks/tester_world.py; doubled for
+# TLS and QUIC buffers).
+OUTBOUND_BYTES = 24 << 10
+CONNECTION_BYTES = 128 << 10
+# Share of the memory available at start that testing may plan to use.
+MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use: the smaller of the system's
+    MemAvailable and the room left under a cgroup v2 limit; None if unknown."""
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    return min(found) if found else None
+
+
+def memory_budget(
+    concurrency: int, batch: int, available: int | None
+) -> tuple[int, int]:
+    """Concurrency and batch size lowered until one core's outbounds and the
+    tests in flight fit in `MEMORY_SHARE` of the available memory."""
+    if available is None:
+        return concurrency, batch
+    allowed = int(available * MEMORY_SHARE)
+    fitted_batch = max(1, min(batch, allowed // 2 // OUTBOUND_BYTES))
+    room = allowed - fitted_batch * OUTBOUND_BYTES
+    fitted = max(1, min(concurrency, room // CONNECTION_BYTES))
+    if (fitted, fitted_batch) != (concurrency, batch):
+        log.warning(
+            "concurrency %d lowered to %d (batches of %d): %d MB of memory available",
+            concurrency,
+            fitted,
+            fitted_batch,
+            available >> 20,
+        )
+    return fitted, fitted_batch
+
+
 class ProxyTester:
     """Tests proxies in batches, one core process per batch."""
 
@@ -261,10 +326,16 @@ class ProxyTester:
     ):
         self.core = core
         self.resolver = resolver or Resolver(settings.nameservers)
+        self._splits = 0
+        # Whether the core loads a config without proxies (asked once, when
+        # a check fails without naming an outbound).
+        self._empty_loads: bool | None = None
         self.settings = settings
         self.progress = progress or (lambda done: None)
         self.context = make_ssl_context()
-        concurrency, self.batch_size = fd_budget(settings.concurrency)
+        concurrency, self.batch_size = memory_budget(
+            *fd_budget(settings.concurrency), available_memory()
+        )
         self.limit = asyncio.Semaphore(concurrency)
 
     async def test(self, proxies: Sequence[Proxy]) -> dict[Proxy, ProbeResult]:
@@ -371,7 +442,7 @@ class ProxyTester:
                 return batch
             index = _batch_index(outbounds, *found) if found else None
             if index is None:
-                raise CoreError("sing-box rejects the batch config", message)
+                return await self._split_unnamed(batch, results, message)
             proxy = batch[index][0]
             reason = _scrub(
                 message.split(f"{found[0]}[{found[1]}]:", 1)[-1].strip(), proxy
@@ -386,35 +457,110 @@ class ProxyTester:
             batch[half:], results
         )
 
+    async def _split_unnamed(
+        self,
+        batch: list[tuple[Proxy, dict[str, Any]]],
+        results: dict[Proxy, ProbeResult],
+        message: str,
+    ) -> list[tuple[Proxy, dict[str, Any]]]:
+        # `sing-box check` failed without naming an outbound. If it loads a
+        # batch of none, the fault is in the proxies: halve until each bad
+        # one stands alone (about 2 log2(n) checks per bad config).
+        if self._empty_loads is None:
+            found, empty_message = await find_bad_outbound(
+                self.core, _batch_config([], [], self.settings.nameservers)
+            )
+            self._empty_loads = found is None and not empty_message
+        if not self._empty_loads:
+            raise CoreError("sing-box rejects the batch config", message)
+        if len(batch) == 1:
+            proxy = batch[0][0]
+            reason = _scrub(message.splitlines()[-1] if message else "", proxy)
+            results[proxy] = ProbeResult(
+                Status.UNTESTABLE, reason=f"core refused: {reason}"[:300]
+            )
+            self.progress(1)
+            return []
+        half = len(batch) // 2
+        return await self._loadable(batch[:half], results) + await self._loadable(
+            batch[half:], results
+        )
+
     async def _test_batch(
         self, batch: list[tuple[Proxy, dict[str, Any]]]
     ) -> dict[Proxy, ProbeResult]:
         results: dict[Proxy, ProbeResult] = {}
         batch = await self._loadable(batch, results)
         counted: set[Proxy] = set()
-        for attempt in range(1, BATCH_ATTEMPTS + 1):
-            if not batch:
-                break
-            try:
-                results.update(await self._run_batch(batch, counted))
-                break
-            except (CoreError, _CoreDied, OSError) as exc:
-                # A core that dies (killed, out of memory) or cannot start
-                # (a reserved port taken meanwhile) says nothing about the
-                # proxies: the batch is tried once more, then reported.
-                reason = _failure_reason(exc)
-                if attempt < BATCH_ATTEMPTS:
-                    log.warning("batch of %d: %s; trying it again", len(batch), reason)
-                    continue
-                log.error(
-                    "batch of %d: %s; its proxies are untestable", len(batch), reason
-                )
-                for proxy, _ in batch:
-                    results[proxy] = ProbeResult(Status.UNTESTABLE, reason=reason)
+        if batch:
+            await self._run_or_split(batch, results, counted, BATCH_ATTEMPTS)
         for proxy, _ in batch:
             if proxy not in counted:
                 self.progress(1)
         return results
+
+    async def _run_or_split(
+        self,
+        batch: list[tuple[Proxy, dict[str, Any]]],
+        results: dict[Proxy, ProbeResult],
+        counted: set[Proxy],
+        attempts: int,
+    ) -> None:
+        no_port, reason = False, ""
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
+            try:
+                results.update(await self._run_batch(batch, counted))
+                return
+            except CoreError as exc:
+                # A config `check` accepts can still fail at start (an
+                # outbound that cannot start names itself by tag): drop it
+                # and start the rest, without spending an attempt.
+                index = _started_index(exc.stderr_tail, len(batch))
+                if index is not None:
+                    proxy = batch[index][0]
+                    message = exc.stderr_tail.strip().splitlines()[-1]
+                    results[proxy] = ProbeResult(
+                        Status.UNTESTABLE,
+                        reason=f"core refused at start: {_scrub(message, proxy)}"[:300],
+                    )
+                    batch = batch[:index] + batch[index + 1 :]
+                    attempt -= 1
+                    if not batch:
+                        return
+                    continue
+                reason = _failure_reason(exc)
+                if attempt < attempts:
+                    log.warning("batch of %d: %s; trying it again", len(batch), reason)
+            except (_CoreDied, OSError) as exc:
+                no_port = isinstance(exc, OSError) and not isinstance(exc, CoreError)
+                # A core that dies (killed, out of memory) or cannot start
+                # (a reserved port taken meanwhile) says nothing about the
+                # proxies at first: the batch is tried once more.
+                reason = _failure_reason(exc)
+                if attempt < attempts:
+                    log.warning("batch of %d: %s; trying it again", len(batch), reason)
+                    continue
+        # Twice in a row may be one config the core cannot start or survive
+        # (a panic on dial): halve the batch, each half in a core of its
+        # own, until the culprits stand alone. No free port is not the
+        # proxies' fault, and a core that fails for everything stops
+        # the halving at MAX_SPLITS.
+        if len(batch) > 1 and not no_port and self._splits < MAX_SPLITS:
+            self._splits += 1
+            log.warning(
+                "batch of %d: %s; halving it to find the config at fault",
+                len(batch),
+                reason,
+            )
+            half = len(batch) // 2
+            await self._run_or_split(batch[:half], results, counted, 1)
+            await self._run_or_split(batch[half:], results, counted, 1)
+            return
+        log.error("batch of %d: %s; its proxies are untestable", len(batch), reason)
+        for proxy, _ in batch:
+            results[proxy] = ProbeResult(Status.UNTESTABLE, reason=reason)
 
     async def _run_batch(
         self, batch: list[tuple[Proxy, dict[str, Any]]], counted: set[Proxy]

@@ -33,7 +33,7 @@ START_TIMEOUT = 15.0
 CHECK_TIMEOUT = 30.0
 STDERR_TAIL = 2000
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>; Linux only, ignored elsewhere
-_OUTBOUND_INDEX = re.compile(r"(outbound|endpoint)\[(\d+)\]")
+_OUTBOUND_INDEX = re.compile(r"(outbound|endpoint)s?\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import subprocess
 import threading
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+import configstream.probe
 from configstream.demo import TraceHandler, serve_http
+from configstream.errors import CoreError
 from configstream.models import Proxy, Status
 from configstream.probe import ProbeSettings, ProxyTester, parse_trace
 from configstream.singbox import Core, reserve_ports, run_core
@@ -246,3 +249,143 @@ def test_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= min(hard, 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _ss_servers_config(ports: list[int]) -> dict[str, Any]:
+    config = _ss_server_config(ports[0])
+    config["inbounds"] = [
+        dict(config["inbounds"][0], tag=f"ss-{i}", listen_port=port)
+        for i, port in enumerate(ports)
+    ]
+    return config
+
+
+def _run_with_poison(
+    core: Core,
+    monkeypatch: pytest.MonkeyPatch,
+    poison_at: int,
+    spoil: Any,
+    count: int = 6,
+) -> tuple[list[Proxy], dict[Proxy, Any]]:
+    """Test `count` working ss proxies (one server port each) in one batch,
+    with `spoil(outbound)` applied to the outbound of the one at `poison_at`."""
+    ports = reserve_ports(count)
+    proxies = [
+        Proxy("shadowsocks", "127.0.0.1", p, method="aes-128-gcm", password=PASSWORD)
+        for p in ports
+    ]
+    real = configstream.probe.to_outbound
+
+    def to_outbound(proxy: Proxy, tag: str, **kwargs: Any) -> dict[str, Any]:
+        outbound = real(proxy, tag, **kwargs)
+        return spoil(outbound) if proxy is proxies[poison_at] else outbound
+
+    monkeypatch.setattr(configstream.probe, "to_outbound", to_outbound)
+
+    async def scenario(settings: ProbeSettings) -> dict[Proxy, Any]:
+        async with run_core(core, _ss_servers_config(ports), ports):
+            return await ProxyTester(core, settings).test(proxies)
+
+    with serve_http(TraceHandler) as http_port:
+        settings = ProbeSettings(
+            test_url=f"http://127.0.0.1:{http_port}/generate_204",
+            trace_url=None,
+            timeout=3,
+            concurrency=8,
+        )
+        return proxies, asyncio.run(scenario(settings))
+
+
+def test_config_failing_at_core_start_is_dropped_by_its_tag(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sing-box check` accepts a detour to a missing outbound; `run` refuses
+    it at start and names the outbound's tag. Only that proxy is lost."""
+    proxies, results = _run_with_poison(
+        core, monkeypatch, 3, lambda ob: dict(ob, detour="no-such-outbound")
+    )
+    poisoned = results[proxies[3]]
+    assert poisoned.status is Status.UNTESTABLE
+    assert poisoned.reason.startswith("core refused at start:")
+    assert "no-such-outbound" in poisoned.reason
+    assert PASSWORD not in poisoned.reason
+    others = [results[p].status for i, p in enumerate(proxies) if i != 3]
+    assert others == [Status.ALIVE] * 5
+
+
+def test_check_failure_naming_no_outbound_is_bisected(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core whose `check` names no outbound (other versions word errors
+    differently): the batch is halved until the bad config stands alone."""
+    real = configstream.probe.find_bad_outbound
+    checks: list[int] = []
+
+    async def unnamed(core: Core, config: dict[str, Any]) -> tuple[Any, str]:
+        checks.append(len(config["outbounds"]))
+        found, message = await real(core, config)
+        # The same verdict, with the index taken out of the wording.
+        return None, re.sub(r"outbounds?\[\d+\]", "an outbound", message)
+
+    monkeypatch.setattr(configstream.probe, "find_bad_outbound", unnamed)
+    proxies, results = _run_with_poison(
+        core, monkeypatch, 5, lambda ob: dict(ob, method="no-such-cipher"), count=8
+    )
+    bad = results[proxies[5]]
+    assert bad.status is Status.UNTESTABLE
+    assert "no-such-cipher" in bad.reason and PASSWORD not in bad.reason
+    assert [results[p].status for p in proxies if p is not proxies[5]] == [
+        Status.ALIVE
+    ] * 7
+    # 8 -> 4 -> 2 -> 1, each failing half checked, each good half once, plus
+    # one check of an empty config: far fewer than one check per proxy pair.
+    assert len(checks) <= 2 * 3 + 2, checks
+
+
+def test_a_core_that_refuses_even_an_empty_config_is_an_error(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When nothing loads, halving would only waste time: the run stops."""
+
+    async def refuses(core: Core, config: dict[str, Any]) -> tuple[Any, str]:
+        return None, "FATAL something is wrong with this core"
+
+    monkeypatch.setattr(configstream.probe, "find_bad_outbound", refuses)
+    with pytest.raises(CoreError):
+        _run_with_poison(core, monkeypatch, 0, lambda ob: ob, count=4)
+
+
+@pytest.mark.parametrize(
+    ("available_mb", "expected"),
+    [
+        (None, (200, 1000)),
+        (24_000, (200, 1000)),
+        (256, (200, 1000)),
+        (64, (128, 682)),
+        (32, (64, 341)),
+        (0, (1, 1)),
+    ],
+)
+def test_concurrency_and_batch_fit_the_available_memory(
+    available_mb: int | None, expected: tuple[int, int]
+) -> None:
+    from configstream.probe import (
+        CONNECTION_BYTES,
+        MEMORY_SHARE,
+        OUTBOUND_BYTES,
+        memory_budget,
+    )
+
+    available = None if available_mb is None else available_mb << 20
+    concurrency, batch = memory_budget(200, 1000, available)
+    assert (concurrency, batch) == expected
+    if available:
+        planned = batch * OUTBOUND_BYTES + concurrency * CONNECTION_BYTES
+        assert planned <= available * MEMORY_SHARE
+
+
+def test_available_memory_is_read_from_this_machine() -> None:
+    from configstream.probe import available_memory
+
+    found = available_memory()
+    assert found is not None and 0 < found < 1 << 50
