@@ -60,8 +60,9 @@ CREATE TABLE IF NOT EXISTS source_health (
     run_id INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS merged_parse (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
-_TABLES = ("results", "runs", "fetch_state", "source_health")
+_TABLES = ("results", "runs", "fetch_state", "source_health", "merged_parse")
 # Values of at least this many bytes are LZ4-compressed (see `pack`).
 COMPRESS_FROM = 128
 _RAW, _LZ4 = b"\x00", b"\x01"
@@ -558,6 +559,21 @@ class Cache:
                     packed_report,
                     state.cursor,
                 ),
+            )
+
+    def merged_parse(self, key: str) -> bytes | None:
+        """The packed merge of the last run's parses, if it had this key."""
+        row = self.connection.execute(
+            "SELECT value FROM merged_parse WHERE key=?", (key,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def keep_merged_parse(self, key: str, packed: bytes) -> None:
+        """Keep one merge (the latest); the key names its sources' bodies."""
+        with self.connection:
+            self.connection.execute("DELETE FROM merged_parse")
+            self.connection.execute(
+                "INSERT INTO merged_parse VALUES (?, ?)", (key, packed)
             )
 
     def last_good_alive(self) -> int | None:

@@ -135,9 +135,12 @@ def file_handler(files: dict[str, tuple[int, bytes]]) -> type[BaseHTTPRequestHan
         def do_GET(self) -> None:  # noqa: N802
             status, body = files.get(self.path, (404, b"not found\n"))
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            # If-None-Match, when sent, decides alone (RFC 9110, 13.2.2).
+            match = self.headers.get("If-None-Match")
             if status == 200 and (
-                self.headers.get("If-None-Match") == etag
-                or self.headers.get("If-Modified-Since") == modified
+                match == etag
+                if match is not None
+                else self.headers.get("If-Modified-Since") == modified
             ):
                 status, body = 304, b""
             self.send_response(status)

@@ -24,10 +24,14 @@ from configstream.cache import (
     Cache,
     FetchState,
     exclusive,
+    pack,
     pack_report,
+    proxy_from_data,
+    proxy_to_data,
+    unpack,
     unpack_report,
 )
-from configstream.config import Network, RunSettings
+from configstream.config import Network, RunSettings, Source
 from configstream.errors import SourceError
 from configstream.fetch import FetchResult, Validators, fetch_all
 from configstream.geo import GeoIP
@@ -92,7 +96,13 @@ class _SourceReader:
 
     def __init__(self, cache: Cache, kept: dict[str, FetchState]) -> None:
         self.cache, self.kept = cache, kept
-        self.outcomes: dict[str, tuple[ParseReport, str] | SourceError] = {}
+        # Per source: (body hash, how it was read), or why it could not be.
+        self.outcomes: dict[str, tuple[str, str] | SourceError] = {}
+        # Unchanged bodies whose kept parse is read only if needed: when
+        # the whole merge cannot be reused (see `_merge_sources`).
+        self.kept_by_digest: dict[str, str] = {}
+        # A merge worth keeping for the next run: (key, merge).
+        self.to_keep: tuple[str, _Merged] | None = None
         self.worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="parse"
         )
@@ -110,16 +120,23 @@ class _SourceReader:
         state = self.kept.get(source.name)
         try:
             if result.not_modified and state is not None:
-                report = await self._stored(source.name, state.body_hash)
-                self.outcomes[source.name] = (report, "not-modified")
+                self.kept_by_digest.setdefault(state.body_hash, source.name)
+                self.outcomes[source.name] = (state.body_hash, "not-modified")
                 return
             if result.body is None:
                 return
             body, result.body = result.body, None
             digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-            if state is not None and state.body_hash == digest:
-                report, how = await self._stored(source.name, digest), "same-body"
-            elif digest in self.reports:
+            if (
+                state is not None
+                and state.body_hash == digest
+                and not (result.incremental)
+            ):
+                self.kept_by_digest.setdefault(digest, source.name)
+                self.outcomes[source.name] = (digest, "same-body")
+                self._record(source, result, state, digest)
+                return
+            if digest in self.reports:
                 report, how = self.reports[digest], "same-body"
             else:
                 report = await self._in_worker(parse_body, body, source.body_format)
@@ -127,7 +144,7 @@ class _SourceReader:
             if result.incremental and state is not None:
                 # A channel's new messages join the configs kept from the
                 # messages read on earlier runs.
-                kept = await self._stored(source.name, state.body_hash)
+                kept = self._stored(source.name, state.body_hash)
                 report = telegram.joined(report, kept)
                 digest = hashlib.blake2b(
                     f"{digest}+{state.body_hash}".encode(), digest_size=16
@@ -144,40 +161,58 @@ class _SourceReader:
                 f"body could not be read ({type(exc).__name__})"
             )
             return
-        self.outcomes[source.name] = (report, how)
+        self.outcomes[source.name] = (digest, how)
         if source.is_remote:
             unchanged = state is not None and state.body_hash == digest
             if not unchanged and digest not in self.packed:
                 self.packed[digest] = await self._in_worker(pack_report, report)
-            self.cache.record_fetch_state(
-                source.name,
-                source.url,
-                FetchState(result.etag, result.last_modified, digest, result.cursor),
-                None if unchanged else self.packed[digest],
-            )
+            self._record(source, result, state, digest)
 
-    async def _stored(self, name: str, digest: str) -> ParseReport:
-        """The kept parse of a source's unchanged body.
+    def _record(
+        self,
+        source: Source,
+        result: FetchResult,
+        state: FetchState | None,
+        digest: str,
+    ) -> None:
+        if not source.is_remote:
+            return
+        unchanged = state is not None and state.body_hash == digest
+        self.cache.record_fetch_state(
+            source.name,
+            source.url,
+            FetchState(result.etag, result.last_modified, digest, result.cursor),
+            None if unchanged else self.packed[digest],
+        )
+
+    def report(self, digest: str) -> ParseReport:
+        """The parse of a body read this run, or the kept parse of an
+        unchanged one (read from the cache now).
 
         Raises:
             SourceError: the kept parse is unreadable; it is forgotten, so
                 the next run downloads the source again.
         """
-        if digest in self.reports:
-            return self.reports[digest]
-        blob = self.cache.stored_report(name)
-        try:
-            if blob is None:
-                raise ValueError("no stored parse")
-            report: ParseReport = await self._in_worker(unpack_report, blob)
-        except ValueError as exc:
-            self.cache.forget_fetch_state(name)
-            raise SourceError(
-                f"the kept parse of the unchanged body is unreadable ({exc}); "
-                "the next run downloads it again"
-            ) from None
-        self.reports[digest] = report
-        return report
+        if digest not in self.reports:
+            name = self.kept_by_digest[digest]
+            blob = self.cache.stored_report(name)
+            try:
+                if blob is None:
+                    raise ValueError("no stored parse")
+                self.reports[digest] = unpack_report(blob)
+            except ValueError as exc:
+                self.cache.forget_fetch_state(name)
+                raise SourceError(
+                    f"the kept parse of the unchanged body is unreadable ({exc}); "
+                    "the next run downloads it again"
+                ) from None
+        return self.reports[digest]
+
+    def _stored(self, name: str, digest: str) -> ParseReport:
+        """The kept parse of a source's last body (a channel's earlier
+        messages; small, so read on the loop's thread)."""
+        self.kept_by_digest.setdefault(digest, name)
+        return self.report(digest)
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)
@@ -188,20 +223,129 @@ def _peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+@dataclass(slots=True)
+class _Merged:
+    """The sources' parses merged in sources-file order: the unique entries
+    (each with the sources that published it) and each source's figures."""
+
+    entries: dict[Proxy, Entry]
+    rows: dict[str, dict[str, Any]]
+
+
+def _merge_key(order: Sequence[tuple[str, str]]) -> str:
+    """Names the merge of these sources' bodies, by this version's readers."""
+    text = "\n".join(f"{name}\t{digest}" for name, digest in order)
+    return hashlib.blake2b(
+        f"{__version__}\n{text}".encode(), digest_size=16
+    ).hexdigest()
+
+
+def _pack_merged(merged: _Merged) -> bytes:
+    return pack(
+        {
+            "entries": [
+                [proxy_to_data(e.proxy), e.sources] for e in merged.entries.values()
+            ],
+            "rows": merged.rows,
+        }
+    )
+
+
+def _unpack_merged(blob: bytes) -> _Merged:
+    """Raises ValueError when the blob is not a kept merge."""
+    try:
+        data = unpack(blob)
+        entries: dict[Proxy, Entry] = {}
+        for values, sources in data["entries"]:
+            proxy = proxy_from_data(values)
+            entries[proxy] = Entry(proxy=proxy, sources=sources)
+        return _Merged(entries, data["rows"])
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"kept merge is unreadable: {exc!r}") from None
+
+
+def _merge_reports(
+    order: Sequence[tuple[str, str]],
+    report_of: Callable[[str], ParseReport],
+    errors: dict[str, SourceError],
+) -> _Merged:
+    """Merge the parses of `order` ((source, body hash) pairs); a source
+    whose kept parse turns out unreadable goes to `errors`."""
+    entries: dict[Proxy, Entry] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    # Mirrors publish the same body; its report is one object, merged once.
+    merged: dict[int, list[Entry]] = {}
+    for name, digest in order:
+        try:
+            report = report_of(digest)
+        except SourceError as exc:
+            errors[name] = exc
+            continue
+        unique_before = len(entries)
+        if id(report) not in merged:
+            touched: dict[Proxy, Entry] = {}
+            for proxy in report.proxies:
+                if proxy not in touched:
+                    entry = entries.get(proxy)
+                    if entry is None:
+                        entries[proxy] = entry = Entry(proxy=proxy)
+                    touched[proxy] = entry
+            merged[id(report)] = list(touched.values())
+        for entry in merged[id(report)]:
+            if name not in entry.sources:
+                entry.sources.append(name)
+        rows[name] = {
+            "shape": report.shape,
+            "lines": report.lines,
+            "ignored_lines": report.ignored_lines,
+            "found": report.found,
+            "parsed": len(report.proxies),
+            "rejected": dict(Counter(r.reason for r in report.rejections)),
+            "new_unique": len(entries) - unique_before,
+        }
+    return _Merged(entries, rows)
+
+
+def _merge_sources(
+    fetched: Sequence[FetchResult], reader: _SourceReader, cache: Cache
+) -> tuple[_Merged, dict[str, SourceError], bool]:
+    """The merge of this run's parses: when every body is the one the last
+    run merged, the kept merge is read instead of every kept parse.
+
+    Returns the merge, the sources that turned out unreadable, and whether
+    the kept merge was used.
+    """
+    order = [
+        (r.source.name, outcome[0])
+        for r in fetched
+        if isinstance(outcome := reader.outcomes.get(r.source.name), tuple)
+    ]
+    key = _merge_key(order)
+    kept = cache.merged_parse(key)
+    if kept is not None:
+        try:
+            return _unpack_merged(kept), {}, True
+        except ValueError as exc:
+            log.warning("%s; merging the sources again", exc)
+    errors: dict[str, SourceError] = {}
+    merged = _merge_reports(order, reader.report, errors)
+    if not errors:
+        reader.to_keep = (key, merged)
+    return merged, errors, False
+
+
 def _parse_sources(
     fetched: Sequence[FetchResult],
     stats: dict[str, Any],
     reporter: Reporter,
-    outcomes: dict[str, tuple[ParseReport, str] | SourceError],
+    outcomes: dict[str, tuple[str, str] | SourceError],
+    merged: _Merged,
 ) -> tuple[dict[Proxy, Entry], list[dict[str, Any]]]:
-    """Merge the sources' parse results, in the order of the sources file."""
-    entries: dict[Proxy, Entry] = {}
+    """Per-source rows and the parse totals, in the order of the sources file."""
     per_source: list[dict[str, Any]] = []
     rejected: Counter[str] = Counter()
     reuse: Counter[str] = Counter()
     found = parsed = unreadable = lines = ignored = 0
-    # Mirrors publish the same body; its report is one object, merged once.
-    merged: dict[int, list[Entry]] = {}
     for result in fetched:
         source = result.source
         row: dict[str, Any] = {
@@ -222,43 +366,22 @@ def _parse_sources(
             unreadable += 1
             log.warning("source %s is unreadable: %s", source.name, outcome)
             continue
-        report, how = outcome
+        how = outcome[1]
+        figures = merged.rows[source.name]
         reuse[how] += 1
         row["parse"] = how
-        reasons = Counter(r.reason for r in report.rejections)
-        rejected.update(reasons)
-        found += report.found
-        parsed += len(report.proxies)
-        lines += report.lines
-        ignored += report.ignored_lines
-        unique_before = len(entries)
-        if id(report) not in merged:
-            touched: dict[Proxy, Entry] = {}
-            for proxy in report.proxies:
-                if proxy not in touched:
-                    entry = entries.get(proxy)
-                    if entry is None:
-                        entries[proxy] = entry = Entry(proxy=proxy)
-                    touched[proxy] = entry
-            merged[id(report)] = list(touched.values())
-        for entry in merged[id(report)]:
-            if source.name not in entry.sources:
-                entry.sources.append(source.name)
-        row.update(
-            shape=report.shape,
-            lines=report.lines,
-            ignored_lines=report.ignored_lines,
-            found=report.found,
-            parsed=len(report.proxies),
-            rejected=dict(reasons),
-            new_unique=len(entries) - unique_before,
-        )
+        rejected.update(figures["rejected"])
+        found += figures["found"]
+        parsed += figures["parsed"]
+        lines += figures["lines"]
+        ignored += figures["ignored_lines"]
+        row.update(figures)
         log.info(
             "source %s: %s, %d parsed, %d rejected",
             source.name,
-            report.shape,
-            len(report.proxies),
-            len(report.rejections),
+            figures["shape"],
+            figures["parsed"],
+            sum(figures["rejected"].values()),
         )
     stats["parse"] = {
         "lines": lines,
@@ -273,7 +396,7 @@ def _parse_sources(
         "same_body": reuse["same-body"],
         "parsed_sources": reuse["parsed"],
     }
-    return entries, per_source
+    return merged.entries, per_source
 
 
 def _in_networks(address: str, networks: Sequence[Network]) -> bool:
@@ -454,8 +577,14 @@ async def _run_pipeline(
 
     mark = time.perf_counter()
     reporter.stage("parse", len(fetched))
-    unique, per_source = _parse_sources(fetched, stats, reporter, reader.outcomes)
-    del reader  # its reports are merged; let them go
+    merged, errors, reused_merge = _merge_sources(fetched, reader, cache)
+    reader.outcomes.update(errors)
+    unique, per_source = _parse_sources(
+        fetched, stats, reporter, reader.outcomes, merged
+    )
+    stats["parse"]["reused_merge"] = reused_merge
+    to_keep = reader.to_keep
+    del reader, merged  # its reports are merged; let them go
     clear_memo()
     ok = sum(1 for result in fetched if result.is_ok)
     per_source += [
@@ -473,6 +602,12 @@ async def _run_pipeline(
     stats["sources"] = per_source
     seconds["parse"] = time.perf_counter() - mark
     peak_mb = {"fetch_parse": _peak_mb()}
+    if to_keep is not None:
+        # Outside the parse stage's figure: work for the next run.
+        mark = time.perf_counter()
+        cache.keep_merged_parse(to_keep[0], _pack_merged(to_keep[1]))
+        seconds["keep_merge"] = time.perf_counter() - mark
+        del to_keep
 
     entries = list(unique.values())
     stats["dedupe"] = {

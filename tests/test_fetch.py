@@ -8,6 +8,7 @@ import email.utils
 import gzip
 import json
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from configstream import fetch
+from configstream.cache import DATABASE_NAME
 from configstream.config import Source
-from configstream.demo import World, serve_http
+from configstream.demo import World, file_handler, serve_http
 from configstream.fetch import (
     ATTEMPTS,
     MAX_PER_HOST,
@@ -657,3 +660,80 @@ def test_second_run_reuses_the_first_runs_fetches(
     assert warm["parse"]["parsed_sources"] == 0
     assert warm["test"]["reused"] > 0
     assert warm_alive == cold_alive and len(cold_alive) == len(world.live)
+
+
+def test_unchanged_sources_reuse_the_kept_merge(tmp_path: Path) -> None:
+    """All sources unchanged: the last run's merge is read whole instead of
+    every kept parse; one changed body (or an unreadable kept merge) means
+    merging again. The output is the same either way."""
+    links = [
+        f"trojan://secret-{i}@127.0.0.{i % 5 + 1}:{2000 + i}?security=tls#n{i}"
+        for i in range(30)
+    ]
+    files = {
+        "/a.txt": (200, "\n".join(links[:20]).encode()),
+        "/b.txt": (200, "\n".join(links[10:25]).encode()),
+        "/c.txt": (200, "\n".join(links[20:]).encode()),
+    }
+
+    def run() -> tuple[dict[str, Any], list[Any], list[Any]]:
+        done = run_cli(
+            "run", "--no-test", "--output", "out", "--cache", "cache", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+        proxies = json.loads((tmp_path / "out" / "proxies.json").read_text())
+        kept = [
+            {
+                k: v
+                for k, v in row.items()
+                if k not in {"http_status", "seconds", "bytes", "parse"}
+            }
+            for row in stats["sources"]
+        ]
+        return stats, proxies, kept
+
+    with serve_http(file_handler(files)) as port:
+        (tmp_path / "sources.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "sources": [
+                        {"name": name[1:2], "url": f"http://127.0.0.1:{port}{name}"}
+                        for name in files
+                    ]
+                }
+            )
+        )
+        cold, cold_proxies, cold_rows = run()
+        warm, warm_proxies, warm_rows = run()
+        assert not cold["parse"]["reused_merge"]
+        assert warm["parse"]["reused_merge"] and warm["parse"]["not_modified"] == 3
+        assert warm_proxies == cold_proxies and warm_rows == cold_rows
+        assert {k: warm["parse"][k] for k in ("found", "parsed", "rejected")} == {
+            k: cold["parse"][k] for k in ("found", "parsed", "rejected")
+        }
+        assert len(cold_proxies) == 30
+        assert next(p for p in cold_proxies if p["port"] == 2015)["sources"] == [
+            "a",
+            "b",
+        ]
+
+        files["/c.txt"] = (
+            200,
+            "\n".join(
+                [*links[20:], links[0].replace("secret-0", "secret-new")]
+            ).encode(),
+        )
+        changed, changed_proxies, _ = run()
+        assert not changed["parse"]["reused_merge"]
+        assert changed["parse"]["not_modified"] == 2
+        assert len(changed_proxies) == 31
+
+        again, again_proxies, _ = run()
+        assert again["parse"]["reused_merge"] and again_proxies == changed_proxies
+
+        with sqlite3.connect(tmp_path / "cache" / DATABASE_NAME) as db:
+            db.execute("UPDATE merged_parse SET value = x'00c1'")
+        spoiled, spoiled_proxies, _ = run()
+        assert not spoiled["parse"]["reused_merge"]
+        assert spoiled_proxies == changed_proxies
