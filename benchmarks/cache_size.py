@@ -98,7 +98,9 @@ def main() -> None:
         timed("store every result", len(entries), lambda: cache.record_results(entries))
         cache.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = cache.summary()["bytes"]
-    print(f"{'bytes on disk':<44}{size / 1e6:>8.1f} MB  ({size / len(keys):,.0f} per result)")
+    print(
+        f"{'bytes on disk':<44}{size / 1e6:>8.1f} MB  ({size / len(keys):,.0f} per result)"
+    )
 
     def one_by_one() -> None:
         with Cache.open(folder) as cache:

@@ -42,9 +42,7 @@ def main() -> None:
         best = min(best, time.perf_counter() - started)
     found = sum(r.found for r in reports)
     print(f"files: {len(bodies)}, bytes: {size:,}")
-    print(
-        f"candidates: {found:,}, parsed: {len(parsed):,}, unique: {len(unique):,}"
-    )
+    print(f"candidates: {found:,}, parsed: {len(parsed):,}, unique: {len(unique):,}")
     print(
         f"best of {args.rounds}: {best:.2f} s, {found / best:,.0f} links/s, "
         f"{size / best / 1e6:.1f} MB/s"

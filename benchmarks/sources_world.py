@@ -109,7 +109,10 @@ def main() -> None:
                 yaml.safe_dump(
                     {
                         "sources": [
-                            {"name": f"s{index}", "url": f"http://127.0.0.1:{port}{path}"}
+                            {
+                                "name": f"s{index}",
+                                "url": f"http://127.0.0.1:{port}{path}",
+                            }
                             for index, path in enumerate(files)
                         ]
                     }
