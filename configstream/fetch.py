@@ -26,6 +26,10 @@ MAX_CONCURRENT_FETCHES = 32
 # Many sources live on one host (raw.githubusercontent.com); more parallel
 # requests than this to one host only earn 429s.
 MAX_PER_HOST = 6
+# Downloaded bodies not yet taken by `consume` (waiting for the parser)
+# stop new downloads from starting above this many bytes: a local or fast
+# network outruns the parser, and 240 bodies waiting held 85 MB.
+MAX_WAITING_BYTES = 16 * 1024 * 1024
 MAX_REDIRECTS = 5
 # Transient failures are tried this many times in all, waiting about 0.5,
 # 1, 2 s (with jitter) in between, or what Retry-After asks, up to a cap.
@@ -295,6 +299,9 @@ async def fetch_all(
     """
     limit = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
     per_host: dict[str, asyncio.Semaphore] = {}
+    # Bytes of finished downloads that `consume` has not finished with.
+    waiting = 0
+    drained = asyncio.Condition()
     client = httpx.AsyncClient(
         http2=True,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -311,10 +318,14 @@ async def fetch_all(
             host = urllib.parse.urlsplit(source.url).netloc
         except ValueError:
             host = source.url  # fetch_source reports the bad URL
+        nonlocal waiting
         host_limit = per_host.setdefault(host, asyncio.Semaphore(MAX_PER_HOST))
         # The host's slot first: a source waiting for a busy host must not
         # hold one of the slots other hosts could use.
         async with host_limit, limit:
+            if consume:
+                async with drained:
+                    await drained.wait_for(lambda: waiting < MAX_WAITING_BYTES)
             result = await fetch_source(
                 client,
                 source,
@@ -323,7 +334,14 @@ async def fetch_all(
                 total_timeout=timeout * TOTAL_TIMEOUT_FACTOR,
             )
         if consume:
-            await consume(result)
+            held = result.size
+            waiting += held
+            try:
+                await consume(result)
+            finally:
+                async with drained:
+                    waiting -= held
+                    drained.notify_all()
         if progress:
             progress(result)
         return result

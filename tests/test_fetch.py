@@ -602,6 +602,31 @@ def test_local_file_over_the_cap_is_rejected(
     assert not result.is_ok and result.error == "file larger than 1000 bytes"
 
 
+def test_bodies_waiting_for_the_parser_hold_up_new_downloads(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parser slower than the network does not make every body wait in
+    memory at once: past the limit of waiting bytes no download starts."""
+    size, count = 100_000, 24
+    monkeypatch.setattr(fetch, "MAX_WAITING_BYTES", size)
+    port = serve(lambda handler: handler.reply(200, b"x" * size))
+    sources = [_source(port, f"/s{i}.txt", f"s{i}") for i in range(count)]
+    held, peak = 0, 0
+
+    async def slow_parser(result: FetchResult) -> None:
+        nonlocal held, peak
+        held += result.size
+        peak = max(peak, held)
+        await asyncio.sleep(0.02)
+        held -= result.size
+
+    results = asyncio.run(fetch_all(sources, 2.0, retry_base=FAST, consume=slow_parser))
+    assert all(r.is_ok for r in results)
+    # Downloads already under way when the limit is crossed still finish:
+    # at most one per slot of the host beyond the limit.
+    assert peak <= size + fetch.MAX_PER_HOST * size < count * size
+
+
 def test_fetch_source_uses_the_callers_client(serve: Serve) -> None:
     """fetch_source sends the caller's validators through the caller's client."""
     seen: list[tuple[str | None, str | None]] = []
