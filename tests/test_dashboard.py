@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect
 
 from tests.browser import chromium, served
 
@@ -129,7 +129,8 @@ def test_copy_button_copies_the_link(visit: Visit, output: Path) -> None:
     first = _proxies(output)[0]
     button = visit.page.locator("#proxies tbody tr").first.get_by_role("button")
     button.click()
-    assert button.inner_text() == "Copied"
+    # The label changes once the clipboard has taken the link (a promise).
+    expect(button).to_have_text("Copied")
     assert visit.page.evaluate("navigator.clipboard.readText()") == first["link"]
 
 
@@ -203,8 +204,12 @@ def test_subscriptions_have_copy_buttons_and_qr_codes(
         path = output / images.nth(index).get_attribute("src")
         assert path.read_bytes().lstrip().startswith(b"<svg")
     visit.page.locator(".sub details summary").first.click()
-    assert visit.page.locator(".sub details img").first.evaluate(
-        "img => img.complete && img.naturalWidth > 0"
+    # The image loads once its box opens; on a busy machine that takes a
+    # moment, so wait for it (a broken image never gets a width).
+    visit.page.wait_for_function(
+        "() => { const img = document.querySelector('.sub details img');"
+        " return img.complete && img.naturalWidth > 0; }",
+        timeout=10_000,
     )
 
 
