@@ -32,6 +32,7 @@ from rich.table import Table
 from configstream import __version__
 from configstream.cache import DATABASE_NAME, Cache, exclusive
 from configstream.config import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_TEST_URL,
     DEFAULT_TRACE_URL,
     RunSettings,
@@ -134,7 +135,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=8.0, help="seconds per proxy test"
     )
-    parser.add_argument("--concurrency", type=int, default=200, help="tests in flight")
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="tests in flight"
+    )
     parser.add_argument("--geoip", type=Path, help="MaxMind-format country database")
     parser.add_argument(
         "--singbox",

@@ -38,9 +38,17 @@ from configstream.singbox import Core, find_bad_outbound, reserve_ports, run_cor
 
 log = logging.getLogger(__name__)
 
-# One core carries this many outbounds and inbounds; well inside the measured
-# start-up cost (about 1.5 s and 135 MB for 6,000 with an inbound each).
-BATCH_SIZE = 1000
+# One core carries this many outbounds and inbounds: cheap to start (6,000
+# with an inbound each take about 1.5 s and 135 MB), and small enough that
+# the cores of a run come and go in step with the tests (see LIVE_CORES):
+# 3,000 proxies took 12 s in batches of 500 against 14.5 s in batches of
+# 1,000 (benchmarks/tester_world.py, concurrency 1,000).
+BATCH_SIZE = 500
+# Cores alive at most at once. A batch ends only when its slowest tests run
+# out their timeout, so the next batch's core starts as soon as every test
+# of the running ones has a slot: its tests take the slots freed meanwhile,
+# and a run costs about one timeout, not one per batch.
+LIVE_CORES = 4
 # The TCP pre-check only asks whether anything listens; a short limit keeps
 # unroutable servers from holding a slot for the whole test timeout.
 PRECHECK_TIMEOUT = 2.0
@@ -295,13 +303,14 @@ def available_memory() -> int | None:
 def memory_budget(
     concurrency: int, batch: int, available: int | None
 ) -> tuple[int, int]:
-    """Concurrency and batch size lowered until one core's outbounds and the
-    tests in flight fit in `MEMORY_SHARE` of the available memory."""
+    """Concurrency and batch size lowered until the live cores' outbounds and
+    the tests in flight fit in `MEMORY_SHARE` of the available memory."""
     if available is None:
         return concurrency, batch
     allowed = int(available * MEMORY_SHARE)
-    fitted_batch = max(1, min(batch, allowed // 2 // OUTBOUND_BYTES))
-    room = allowed - fitted_batch * OUTBOUND_BYTES
+    per_outbound = OUTBOUND_BYTES * LIVE_CORES
+    fitted_batch = max(1, min(batch, allowed // 2 // per_outbound))
+    room = allowed - fitted_batch * per_outbound
     fitted = max(1, min(concurrency, room // CONNECTION_BYTES))
     if (fitted, fitted_batch) != (concurrency, batch):
         log.warning(
@@ -337,6 +346,10 @@ class ProxyTester:
             *fd_budget(settings.concurrency), available_memory()
         )
         self.limit = asyncio.Semaphore(concurrency)
+        self.cores = asyncio.Semaphore(LIVE_CORES)
+        # Held from choosing a batch's ports until its core listens on them,
+        # so two batches starting together never pick the same free port.
+        self.starting = asyncio.Lock()
 
     async def test(self, proxies: Sequence[Proxy]) -> dict[Proxy, ProbeResult]:
         """Test every proxy; every input gets a result, whatever fails."""
@@ -357,9 +370,32 @@ class ProxyTester:
             results[proxy] = ProbeResult(Status.DEAD, reason=reason)
             self.progress(1)
         runnable = [(p, ob) for p, ob in runnable if p not in refused]
-        for start in range(0, len(runnable), self.batch_size):
-            batch = runnable[start : start + self.batch_size]
-            results.update(await self._test_batch(batch))
+
+        async def run(
+            batch: list[tuple[Proxy, dict[str, Any]]], dispatched: asyncio.Event
+        ) -> None:
+            try:
+                results.update(await self._test_batch(batch, dispatched))
+            finally:
+                dispatched.set()
+                self.cores.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for start in range(0, len(runnable), self.batch_size):
+                await self.cores.acquire()
+                dispatched = asyncio.Event()
+                batch = runnable[start : start + self.batch_size]
+                tasks.append(asyncio.create_task(run(batch, dispatched)))
+                # Tests take slots in the order they ask, so the earlier
+                # batches' tests go first and their cores stop sooner.
+                await dispatched.wait()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Cancelled batches stop their cores before the run goes on.
+            await asyncio.gather(*tasks, return_exceptions=True)
         return results
 
     async def _precheck(self, proxies: Sequence[Proxy]) -> dict[Proxy, str]:
@@ -487,13 +523,17 @@ class ProxyTester:
         )
 
     async def _test_batch(
-        self, batch: list[tuple[Proxy, dict[str, Any]]]
+        self, batch: list[tuple[Proxy, dict[str, Any]]], dispatched: asyncio.Event
     ) -> dict[Proxy, ProbeResult]:
+        """Test one batch; `dispatched` is set once each of its tests has
+        had a slot (or the batch is over)."""
         results: dict[Proxy, ProbeResult] = {}
         batch = await self._loadable(batch, results)
         counted: set[Proxy] = set()
         if batch:
-            await self._run_or_split(batch, results, counted, BATCH_ATTEMPTS)
+            await self._run_or_split(
+                batch, results, counted, BATCH_ATTEMPTS, dispatched
+            )
         for proxy, _ in batch:
             if proxy not in counted:
                 self.progress(1)
@@ -505,13 +545,14 @@ class ProxyTester:
         results: dict[Proxy, ProbeResult],
         counted: set[Proxy],
         attempts: int,
+        dispatched: asyncio.Event,
     ) -> None:
         no_port, reason = False, ""
         attempt = 0
         while attempt < attempts:
             attempt += 1
             try:
-                results.update(await self._run_batch(batch, counted))
+                results.update(await self._run_batch(batch, counted, dispatched))
                 return
             except CoreError as exc:
                 # A config `check` accepts can still fail at start (an
@@ -555,15 +596,18 @@ class ProxyTester:
                 reason,
             )
             half = len(batch) // 2
-            await self._run_or_split(batch[:half], results, counted, 1)
-            await self._run_or_split(batch[half:], results, counted, 1)
+            await self._run_or_split(batch[:half], results, counted, 1, dispatched)
+            await self._run_or_split(batch[half:], results, counted, 1, dispatched)
             return
         log.error("batch of %d: %s; its proxies are untestable", len(batch), reason)
         for proxy, _ in batch:
             results[proxy] = ProbeResult(Status.UNTESTABLE, reason=reason)
 
     async def _run_batch(
-        self, batch: list[tuple[Proxy, dict[str, Any]]], counted: set[Proxy]
+        self,
+        batch: list[tuple[Proxy, dict[str, Any]]],
+        counted: set[Proxy],
+        dispatched: asyncio.Event,
     ) -> dict[Proxy, ProbeResult]:
         """One core for the batch, every proxy probed through it.
 
@@ -573,12 +617,17 @@ class ProxyTester:
             OSError: no free local ports for the inbounds.
         """
         results: dict[Proxy, ProbeResult] = {}
-        ports = reserve_ports(len(batch))
         outbounds = [dict(ob, tag=f"p-{i}") for i, (_, ob) in enumerate(batch)]
         log.info("testing %d proxies through one sing-box", len(batch))
 
+        waiting = len(batch)
+
         async def one(index: int) -> None:
+            nonlocal waiting
             async with self.limit:
+                waiting -= 1
+                if not waiting:
+                    dispatched.set()
                 result = await _probe_one(ports[index], self.settings, self.context)
             if result.status is Status.ALIVE:
                 # A second round weeds out configs that work only now and
@@ -599,9 +648,13 @@ class ProxyTester:
                 counted.add(proxy)
                 self.progress(1)
 
-        async with run_core(
-            self.core, _batch_config(outbounds, ports, self.settings.nameservers), ports
-        ) as proc:
+        async with contextlib.AsyncExitStack() as stack:
+            async with self.starting:
+                ports = reserve_ports(len(batch))
+                config = _batch_config(outbounds, ports, self.settings.nameservers)
+                proc = await stack.enter_async_context(
+                    run_core(self.core, config, ports)
+                )
             await asyncio.gather(*(one(i) for i in range(len(batch))))
             if any(r.status is not Status.ALIVE for r in results.values()):
                 # Probes see a dead core's connections reset before asyncio

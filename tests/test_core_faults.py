@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -21,9 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +33,7 @@ import yaml
 
 import configstream.probe
 from configstream.cache import DATABASE_NAME, Cache
-from configstream.demo import TraceHandler, World, serve_http
+from configstream.demo import TraceHandler, World, black_hole_listener, serve_http
 from configstream.errors import SourceError
 from configstream.models import ProbeResult, Proxy, Status
 from configstream.outbound import Unrepresentable, to_outbound
@@ -292,6 +294,49 @@ def test_core_that_dies_for_one_config_is_halved_down_to_it(
         expected = Status.ALIVE if proxy in world_proxies.live else Status.DEAD
         assert run.results[proxy].status is expected, (proxy.protocol, run.results)
     _assert_no_core_left(run)
+
+
+def test_next_batch_starts_while_the_last_waits_out_its_silent_proxies(
+    core: Core, world_proxies: WorldProxies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every test of a batch has a slot, the next batch's core starts:
+    a batch of proxies that never answer does not hold up the live ones
+    behind it for its whole timeout."""
+    monkeypatch.setattr(configstream.probe, "BATCH_SIZE", SMALL_BATCH)
+    live = world_proxies.live[:SMALL_BATCH]
+    lifetimes: list[tuple[set[int], float, float]] = []
+    real_run_core = configstream.probe.run_core
+
+    @contextlib.asynccontextmanager
+    async def timed_run_core(
+        core: Core, config: dict[str, Any], ready_ports: Any = ()
+    ) -> AsyncIterator[Any]:
+        servers = {ob.get("server_port") for ob in config["outbounds"]}
+        async with real_run_core(core, config, ready_ports) as proc:
+            started = time.monotonic()
+            try:
+                yield proc
+            finally:
+                lifetimes.append((servers, started, time.monotonic()))
+
+    monkeypatch.setattr(configstream.probe, "run_core", timed_run_core)
+    # A listener that accepts TCP and never answers; UDP on its port is
+    # closed, which QUIC clients ignore: silent either way.
+    with black_hole_listener() as hole, serve_http(TraceHandler) as port:
+        silent = [dataclasses.replace(p, port=hole) for p in live]
+        settings = ProbeSettings(
+            test_url=f"http://127.0.0.1:{port}/generate_204",
+            trace_url=None,
+            timeout=3,
+            concurrency=2 * SMALL_BATCH,
+        )
+        results = asyncio.run(ProxyTester(core, settings).test(silent + live))
+    assert [results[p].status for p in silent] == [Status.DEAD] * len(silent)
+    assert [results[p].status for p in live] == [Status.ALIVE] * len(live)
+    silent_core = next(t for t in lifetimes if hole in t[0])
+    live_core = next(t for t in lifetimes if hole not in t[0])
+    # The live batch's core started before the silent batch's core stopped.
+    assert live_core[1] < silent_core[2], lifetimes
 
 
 # -- an unusable --singbox ---------------------------------------------------

@@ -220,9 +220,9 @@ def test_second_round_failure_is_dead_as_flaky(core: Core) -> None:
     ("requested", "soft", "expected"),
     [
         (200, 1024, (192, 384)),
-        (200, 4096, (200, 1000)),
-        (5000, 4096, (1420, 1000)),
-        (3, 1 << 20, (3, 1000)),
+        (200, 4096, (200, 500)),
+        (5000, 4096, (1670, 500)),
+        (3, 1 << 20, (3, 500)),
     ],
 )
 def test_concurrency_and_batch_fit_the_open_file_limit(
@@ -360,9 +360,9 @@ def test_a_core_that_refuses_even_an_empty_config_is_an_error(
     [
         (None, (200, 1000)),
         (24_000, (200, 1000)),
-        (256, (200, 1000)),
-        (64, (128, 682)),
-        (32, (64, 341)),
+        (256, (200, 682)),
+        (64, (128, 170)),
+        (32, (64, 85)),
         (0, (1, 1)),
     ],
 )
@@ -371,6 +371,7 @@ def test_concurrency_and_batch_fit_the_available_memory(
 ) -> None:
     from configstream.probe import (
         CONNECTION_BYTES,
+        LIVE_CORES,
         MEMORY_SHARE,
         OUTBOUND_BYTES,
         memory_budget,
@@ -380,7 +381,8 @@ def test_concurrency_and_batch_fit_the_available_memory(
     concurrency, batch = memory_budget(200, 1000, available)
     assert (concurrency, batch) == expected
     if available:
-        planned = batch * OUTBOUND_BYTES + concurrency * CONNECTION_BYTES
+        # Every live core may hold a whole batch.
+        planned = LIVE_CORES * batch * OUTBOUND_BYTES + concurrency * CONNECTION_BYTES
         assert planned <= available * MEMORY_SHARE
 
 
