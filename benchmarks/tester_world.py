@@ -50,6 +50,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,8 +67,6 @@ from configstream.demo import (
     DEMO_SNI,
     LOOPBACK,
     CoreThread,
-    TraceHandler,
-    serve_http,
     tls_keypair,
 )
 from configstream.models import Proxy, Status, Tls, Transport
@@ -676,6 +675,30 @@ def _report(
             )
 
 
+@contextlib.contextmanager
+def _trace_server() -> Iterator[int]:
+    """The world's test URL, served by a process of its own: in this one it
+    would take the interpreter from whichever tester runs here, and a real
+    test URL is not served by the tester's interpreter either."""
+    code = (
+        "import sys, time\n"
+        "from configstream.demo import TraceHandler, serve_http\n"
+        "with serve_http(TraceHandler) as port:\n"
+        "    print(port, flush=True)\n"
+        "    while True:\n"
+        "        time.sleep(3600)\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        yield int(server.stdout.readline())
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxies", type=int, default=3000)
@@ -717,7 +740,7 @@ def main() -> None:
             )
             with (
                 CoreThread(core, world.server_config, world.ready_ports),
-                serve_http(TraceHandler) as http_port,
+                _trace_server() as http_port,
             ):
                 url = f"http://{LOOPBACK}:{http_port}/cdn-cgi/trace"
                 outcomes = {}
