@@ -7,11 +7,15 @@ it replaces, and must step aside where it cannot be exact.
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from configstream.errors import LinkError
 from configstream.parse import load_yaml, parse_link
-from configstream.parse.links import _parse_fresh, clear_memo
+from configstream.parse.links import _parse_fresh, clear_memo, unquote_lenient
 from configstream.parse.subscription import _load_clash_fast, parse_body
 from tests.conftest import CORPUS, corpus_files
 
@@ -169,3 +173,37 @@ def test_fast_yaml_reads_several_documents() -> None:
         "i.example.com",
         "j.example.com",
     ]
+
+
+# Text as names and queries hold it: escapes of any byte (valid UTF-8 or
+# not, split sequences too), broken escapes, stray '%', ASCII and other
+# characters.
+_PIECES = st.one_of(
+    st.binary(min_size=1, max_size=6).map(
+        lambda data: "".join(f"%{byte:02X}" for byte in data)
+    ),
+    st.binary(min_size=1, max_size=3).map(
+        lambda data: "".join(f"%{byte:02x}" for byte in data)
+    ),
+    st.sampled_from(["%", "%%", "%4", "%zz", "%-1", "50%off", "%F0%9F", "%E2%82"]),
+    st.text(min_size=1, max_size=5),
+)
+
+
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_lenient_unquote_equals_urllib(text: str) -> None:
+    """The decoder of names and query values is urllib's, only faster."""
+    assert unquote_lenient(text) == unquote(text, errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("%F0%9F%87%A9%F0%9F%87%AA%20DE", "\U0001f1e9\U0001f1ea DE"),
+        ("50%off", "50%off"),
+        ("%2Fws%3Fed%3D2048", "/ws?ed=2048"),
+        ("bad%F0%9Fend", "bad\ufffdend"),
+    ],
+)
+def test_lenient_unquote_examples(text: str, expected: str) -> None:
+    assert unquote_lenient(text) == expected
