@@ -33,6 +33,7 @@ from configstream.models import (
     Status,
     Tls,
     Transport,
+    collector_paused,
     identity,
 )
 
@@ -167,7 +168,8 @@ def unpack_report(blob: bytes) -> ParseReport:
         ValueError: the blob is not a stored report.
     """
     try:
-        return report_from_data(unpack(blob))
+        with collector_paused():
+            return report_from_data(unpack(blob))
     except (TypeError, KeyError, IndexError) as exc:
         raise ValueError(f"stored parse is unreadable: {exc!r}") from None
 
@@ -420,17 +422,18 @@ class Cache:
         for every unique proxy at once, so it asks in batches.
         """
         wanted = [key for key in dict.fromkeys(keys) if key not in self._l1]
-        for start in range(0, len(wanted), PRELOAD_BATCH):
-            batch = wanted[start : start + PRELOAD_BATCH]
-            marks = ",".join("?" * len(batch))
-            rows = self.connection.execute(
-                "SELECT id, checked_at, status, value FROM results "
-                f"WHERE id IN ({marks})",
-                batch,
-            )
-            found = {row[0]: _result_row(row[1:]) for row in rows}
-            for key in batch:
-                self._remember(key, found.get(key))
+        with collector_paused():
+            for start in range(0, len(wanted), PRELOAD_BATCH):
+                batch = wanted[start : start + PRELOAD_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self.connection.execute(
+                    "SELECT id, checked_at, status, value FROM results "
+                    f"WHERE id IN ({marks})",
+                    batch,
+                )
+                found = {row[0]: _result_row(row[1:]) for row in rows}
+                for key in batch:
+                    self._remember(key, found.get(key))
 
     def _remember(self, key: str, row: dict[str, Any] | None) -> None:
         self._l1[key] = row

@@ -42,6 +42,7 @@ from configstream.models import (
     ProbeResult,
     Proxy,
     Status,
+    collector_paused,
     identity,
 )
 from configstream.parse import parse_body
@@ -254,11 +255,12 @@ def _pack_merged(merged: _Merged) -> bytes:
 def _unpack_merged(blob: bytes) -> _Merged:
     """Raises ValueError when the blob is not a kept merge."""
     try:
-        data = unpack(blob)
-        entries: dict[Proxy, Entry] = {}
-        for values, sources in data["entries"]:
-            proxy = proxy_from_data(values)
-            entries[proxy] = Entry(proxy=proxy, sources=sources)
+        with collector_paused():
+            data = unpack(blob)
+            entries: dict[Proxy, Entry] = {}
+            for values, sources in data["entries"]:
+                proxy = proxy_from_data(values)
+                entries[proxy] = Entry(proxy=proxy, sources=sources)
         return _Merged(entries, data["rows"])
     except (TypeError, KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"kept merge is unreadable: {exc!r}") from None

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import configstream.parse.subscription
 from configstream.errors import LinkError
 from configstream.parse import load_yaml, parse_link
 from configstream.parse.links import _parse_fresh, clear_memo, unquote_lenient
@@ -207,3 +208,37 @@ def test_lenient_unquote_equals_urllib(text: str) -> None:
 )
 def test_lenient_unquote_examples(text: str, expected: str) -> None:
     assert unquote_lenient(text) == expected
+
+
+def test_collector_is_paused_while_parsing_and_back_after() -> None:
+    """Parsing pauses the cycle collector (nested pauses keep it paused) and
+    leaves it as it found it, on errors too."""
+    import gc
+
+    from configstream.errors import SourceError
+    from configstream.models import collector_paused
+
+    seen: list[bool] = []
+    real_to_text = configstream.parse.subscription._to_text
+
+    def spy(body: bytes | str) -> str:
+        seen.append(gc.isenabled())
+        return real_to_text(body)
+
+    assert gc.isenabled()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configstream.parse.subscription, "_to_text", spy)
+        with collector_paused():
+            parse_body(f"vless://{UUID}@a.example.com:443#x")
+            assert not gc.isenabled()
+        with pytest.raises(SourceError):
+            parse_body(b"")
+    assert seen == [False, False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()

@@ -19,7 +19,7 @@ import yaml
 import yaml_rs
 
 from configstream.errors import LinkError, SourceError
-from configstream.models import ParseReport, Proxy, Rejection
+from configstream.models import ParseReport, Proxy, Rejection, collector_paused
 from configstream.parse.entries import (
     is_singbox_proxy,
     parse_clash_entry,
@@ -358,6 +358,11 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
         SourceError: the body is empty, binary, an HTML page without links,
             or not readable in the requested or any known shape.
     """
+    with collector_paused():
+        return _parse_body(body, fmt, _depth)
+
+
+def _parse_body(body: bytes | str, fmt: str, depth: int) -> ParseReport:
     text = _to_text(body)
     stripped = text.strip()
     if not stripped:
@@ -380,7 +385,7 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
             raise SourceError("body has no sing-box 'outbounds' list")
         return report
     if fmt == "base64":
-        return _parse_base64(stripped, _depth)
+        return _parse_base64(stripped, depth)
 
     if _HTML.match(stripped):
         return _parse_html(stripped)
@@ -401,8 +406,8 @@ def parse_body(body: bytes | str, fmt: str = "auto", *, _depth: int = 0) -> Pars
         return _parse_plain(text)
     if _is_base64_per_line(stripped):
         return _parse_plain(text, shape="base64-lines")
-    if _depth == 0:
-        return _parse_base64(stripped, _depth)
+    if depth == 0:
+        return _parse_base64(stripped, depth)
     raise SourceError(
         "body is not share links, base64, Clash YAML, sing-box JSON or SIP008 JSON"
     )
