@@ -47,8 +47,9 @@ BATCH_SIZE = 500
 # Cores alive at most at once. A batch ends only when its slowest tests run
 # out their timeout, so the next batch's core starts as soon as every test
 # of the running ones has a slot: its tests take the slots freed meanwhile,
-# and a run costs about one timeout, not one per batch.
-LIVE_CORES = 4
+# and a run costs about one timeout, not one per batch. Three keep 1,000
+# tests busy; a fourth gained no time and cost 30 to 50 MB.
+LIVE_CORES = 3
 # The TCP pre-check only asks whether anything listens; a short limit keeps
 # unroutable servers from holding a slot for the whole test timeout.
 PRECHECK_TIMEOUT = 2.0
@@ -273,12 +274,13 @@ def fd_budget(requested: int, limits: tuple[int, int] | None = None) -> tuple[in
     return concurrency, batch
 
 
-# Memory per outbound with its inbound in a core (measured on 1.14.4: 6,000
-# take about 135 MB) and per test in flight (the core's connection pair and
-# this process's httpx connection: 200 in flight cost about 240 MB for the
-# whole tree, 500 about 258 MB in benchmarks/tester_world.py; doubled for
-# TLS and QUIC buffers).
-OUTBOUND_BYTES = 24 << 10
+# Memory per outbound with its inbound in a core, and per test in flight
+# (the core's connection pair and this process's httpx client). Measured on
+# 1.14.4 in benchmarks/tester_world.py's world of eight protocols: a core
+# with 500 outbounds holds about 45 MB before any connection (TLS settings
+# are most of it) and about 100 MB with 500 tests through it; this process
+# about 90 MB with 1,000 in flight.
+OUTBOUND_BYTES = 96 << 10
 CONNECTION_BYTES = 128 << 10
 # Share of the memory available at start that testing may plan to use.
 MEMORY_SHARE = 0.5

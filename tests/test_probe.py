@@ -356,19 +356,15 @@ def test_a_core_that_refuses_even_an_empty_config_is_an_error(
 
 
 @pytest.mark.parametrize(
-    ("available_mb", "expected"),
-    [
-        (None, (200, 1000)),
-        (24_000, (200, 1000)),
-        (256, (200, 682)),
-        (64, (128, 170)),
-        (32, (64, 85)),
-        (0, (1, 1)),
-    ],
+    ("available_mb", "lowered"),
+    [(None, False), (24_000, False), (256, True), (64, True), (32, True)],
 )
 def test_concurrency_and_batch_fit_the_available_memory(
-    available_mb: int | None, expected: tuple[int, int]
+    available_mb: int | None, lowered: bool
 ) -> None:
+    """What is planned fits in the memory share, and nothing is lowered
+    further than needed: half the share goes to the live cores' outbounds,
+    the rest to the tests in flight."""
     from configstream.probe import (
         CONNECTION_BYTES,
         LIVE_CORES,
@@ -377,13 +373,27 @@ def test_concurrency_and_batch_fit_the_available_memory(
         memory_budget,
     )
 
+    requested = (1000, 500)
     available = None if available_mb is None else available_mb << 20
-    concurrency, batch = memory_budget(200, 1000, available)
-    assert (concurrency, batch) == expected
-    if available:
-        # Every live core may hold a whole batch.
-        planned = LIVE_CORES * batch * OUTBOUND_BYTES + concurrency * CONNECTION_BYTES
-        assert planned <= available * MEMORY_SHARE
+    concurrency, batch = memory_budget(*requested, available)
+    assert ((concurrency, batch) != requested) is lowered
+    if available is None:
+        return
+    share = available * MEMORY_SHARE
+    cores = LIVE_CORES * batch * OUTBOUND_BYTES
+    # Every live core may hold a whole batch.
+    assert cores + concurrency * CONNECTION_BYTES <= share
+    assert batch == requested[1] or cores + LIVE_CORES * OUTBOUND_BYTES > share / 2
+    assert (
+        concurrency == requested[0]
+        or cores + (concurrency + 1) * CONNECTION_BYTES > share
+    )
+
+
+def test_no_memory_at_all_still_tests_one_at_a_time() -> None:
+    from configstream.probe import memory_budget
+
+    assert memory_budget(1000, 500, 0) == (1, 1)
 
 
 def test_available_memory_is_read_from_this_machine() -> None:
