@@ -28,8 +28,10 @@ MAX_CONCURRENT_FETCHES = 32
 MAX_PER_HOST = 6
 # Downloaded bodies not yet taken by `consume` (waiting for the parser)
 # stop new downloads from starting above this many bytes: a local or fast
-# network outruns the parser, and 240 bodies waiting held 85 MB.
-MAX_WAITING_BYTES = 16 * 1024 * 1024
+# network outruns the parser, and 240 bodies waiting held 85 MB. With 8 MB
+# the fetch stage of benchmarks/sources_world.py peaks at 145-148 MB, with
+# 16 MB at 153 MB, in the same time.
+MAX_WAITING_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
 # Transient failures are tried this many times in all, waiting about 0.5,
 # 1, 2 s (with jitter) in between, or what Retry-After asks, up to a cap.

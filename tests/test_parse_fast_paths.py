@@ -242,3 +242,25 @@ def test_collector_is_paused_while_parsing_and_back_after() -> None:
         assert not gc.isenabled(), "a collector that was off stays off"
     finally:
         gc.enable()
+
+
+def test_remembered_rejection_keeps_no_frame_of_the_body_alive() -> None:
+    """A rejection is remembered without the error it was raised from: that
+    error's traceback would keep the frames reading the body (and the body's
+    text and lines) alive for as long as the result is remembered."""
+    import gc
+    import types
+
+    clear_memo()
+    # The legacy ss body is not base64: rejected from inside an except block.
+    body = "\n".join(["ss://not-base64-at-all!#x", f"vless://{UUID}@a.example.com:443"])
+    report = parse_body(body)
+    assert [r.reason for r in report.rejections] == ["bad-encoding"]
+    gc.collect()
+    readers = {"_parse_plain", "_parse_body", "parse_body", "_collect"}
+    alive = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, types.FrameType) and obj.f_code.co_name in readers
+    ]
+    assert alive == []

@@ -872,7 +872,10 @@ def parse_link(link: str) -> Proxy:
         try:
             known = _parse_fresh(link, scheme)
         except LinkError as exc:
-            known = exc.with_traceback(None)
+            # Only its reason and detail are kept: the error it was raised
+            # from (its __context__) holds a traceback, whose frames would
+            # keep the whole body being parsed, and its lines, alive.
+            known = LinkError(exc.reason, exc.detail)
         if len(_memo) >= MEMO_LIMIT:
             _memo.clear()
         _memo[key] = known
