@@ -110,6 +110,9 @@ class _SourceReader:
         # Parse reports and their packed form by body hash, for this run.
         self.reports: dict[str, ParseReport] = {}
         self.packed: dict[str, bytes] = {}
+        # Parses under way by body hash: a mirror's copy that arrives while
+        # its body is being parsed waits for that parse instead of repeating it.
+        self.parsing: dict[str, asyncio.Future[ParseReport]] = {}
 
     async def _in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
@@ -139,9 +142,17 @@ class _SourceReader:
                 return
             if digest in self.reports:
                 report, how = self.reports[digest], "same-body"
+            elif digest in self.parsing:
+                report, how = await self.parsing[digest], "same-body"
             else:
-                report = await self._in_worker(parse_body, body, source.body_format)
-                how = "parsed"
+                parse = asyncio.ensure_future(
+                    self._in_worker(parse_body, body, source.body_format)
+                )
+                self.parsing[digest] = parse
+                try:
+                    report, how = await parse, "parsed"
+                finally:
+                    del self.parsing[digest]
             if result.incremental and state is not None:
                 # A channel's new messages join the configs kept from the
                 # messages read on earlier runs.

@@ -762,3 +762,41 @@ def test_unchanged_sources_reuse_the_kept_merge(tmp_path: Path) -> None:
         spoiled, spoiled_proxies, _ = run()
         assert not spoiled["parse"]["reused_merge"]
         assert spoiled_proxies == changed_proxies
+
+
+def test_mirror_arriving_during_its_bodys_parse_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sources with one body, the second in while the first is still
+    being parsed: the body is parsed once and both get its report."""
+    import configstream.pipeline as pipeline
+    from configstream.cache import Cache
+
+    calls: list[bytes] = []
+    real_parse = pipeline.parse_body
+
+    def slow_parse(body: bytes | str, fmt: str = "auto") -> Any:
+        calls.append(bytes(body) if isinstance(body, bytes) else body.encode())
+        time.sleep(0.3)
+        return real_parse(body, fmt)
+
+    monkeypatch.setattr(pipeline, "parse_body", slow_parse)
+    body = b"trojan://secret@127.0.0.1:2000?security=tls#one\n"
+    sources = [Source(name=name, url=f"http://127.0.0.1:1/{name}.txt") for name in "ab"]
+
+    async def read_both(cache: Cache) -> pipeline._SourceReader:
+        reader = pipeline._SourceReader(cache, {})
+        try:
+            await asyncio.gather(
+                *(reader(FetchResult(s, body=body, size=len(body))) for s in sources)
+            )
+        finally:
+            reader.close()
+        return reader
+
+    with Cache.open(tmp_path) as cache:
+        reader = asyncio.run(read_both(cache))
+    assert len(calls) == 1
+    hows = sorted(outcome[1] for outcome in reader.outcomes.values())
+    assert hows == ["parsed", "same-body"]
+    assert not reader.parsing
