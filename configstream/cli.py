@@ -611,6 +611,7 @@ def _convert(args: argparse.Namespace) -> int:
         f"({conversion.duplicates} duplicates dropped, {len(conversion.rejections)} "
         f"rejected, {sum(conversion.left_out.values())} left out)",
         highlight=False,
+        soft_wrap=True,
     )
     return 0 if conversion.converted else 1
 

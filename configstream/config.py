@@ -161,10 +161,19 @@ def load_sources(path: str | Path) -> tuple[Source, ...]:
             f"cannot read sources file: {exc.strerror}", str(path)
         ) from exc
     except yaml.YAMLError as exc:
-        raise SettingsError(f"not valid YAML: {exc}", str(path)) from exc
+        # PyYAML's message spans several lines; the problem and its place
+        # are what a user needs.
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SettingsError(f"not valid YAML: {place}{problem}", str(path)) from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
         raise SettingsError("must have a top-level 'sources:' list", str(path))
-    sources = [_entry(raw, i, path.parent) for i, raw in enumerate(data["sources"])]
+    try:
+        sources = [_entry(raw, i, path.parent) for i, raw in enumerate(data["sources"])]
+    except SettingsError as exc:
+        # Entries name themselves (`sources[3] (feed-x)`); the file goes first.
+        raise SettingsError(str(exc), str(path)) from None
     seen: set[str] = set()
     for index, source in enumerate(sources):
         if source.name in seen:

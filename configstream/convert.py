@@ -92,7 +92,6 @@ def convert(
     entries = list(unique.values())
     names = _unique([clean_name(e.proxy.name, e.proxy) for e in entries])
     files = build_client_files(entries, names, GROUP_TEST_URL)
-    conversion.converted = len(entries)
     if target == "links":
         conversion.text = files.plain
     elif target == "base64":
@@ -120,6 +119,8 @@ def convert(
     conversion.dropped = {
         k: v for k, v in files.dropped.items() if k.startswith(prefix)
     }
+    # What the document holds: a proxy the target cannot express is not in it.
+    conversion.converted = len(entries) - sum(conversion.left_out.values())
     return conversion
 
 

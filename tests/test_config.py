@@ -60,15 +60,20 @@ def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
         ),
         ("sources:\n  - just-a-string\n", "sources[0]: must be a mapping"),
         ("items: []\n", "must have a top-level 'sources:' list"),
-        ("sources: [\n", "not valid YAML"),
+        ("sources: [\n", "not valid YAML: line 2, column 1"),
+        ("sources:\n  - {name: a, url: 'x\n", "not valid YAML: line"),
     ],
 )
 def test_bad_file_names_entry_and_problem(
     tmp_path: Path, text: str, message: str
 ) -> None:
+    path = _write(tmp_path, text)
     with pytest.raises(SettingsError) as caught:
-        load_sources(_write(tmp_path, text))
-    assert message in str(caught.value)
+        load_sources(path)
+    shown = str(caught.value)
+    assert message in shown
+    # One line, which starts with the file it is about.
+    assert shown.startswith(f"{path}: ") and "\n" not in shown, shown
 
 
 def test_shipped_sources_file_is_valid() -> None:
