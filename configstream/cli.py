@@ -128,9 +128,51 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that test and publish (run, merge, demo)."""
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("output"), help="output folder"
     )
+    _add_test_options(parser)
+    parser.add_argument(
+        "--no-test", action="store_true", help="publish parsed proxies untested"
+    )
+    parser.add_argument(
+        "--base-url",
+        help="the URL output/ is published at (for the page's QR codes), "
+        "e.g. https://USER.github.io/REPO/",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_sources",
+        help="fetch every enabled source, also those resting after repeated failures",
+    )
+    parser.add_argument(
+        "--min-alive-share",
+        type=float,
+        default=0.2,
+        help="keep the previous output when fewer proxies are alive than this share "
+        "of the last good run (default 0.2)",
+    )
+
+
+def _add_url_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--test-url",
+        default=DEFAULT_TEST_URL,
+        help="fetched through each proxy; latency is its full answer "
+        f"(default {DEFAULT_TEST_URL})",
+    )
+    parser.add_argument(
+        "--trace-url",
+        default=DEFAULT_TRACE_URL,
+        help="a Cloudflare-style trace page giving the exit IP; empty for none "
+        f"(default {DEFAULT_TRACE_URL})",
+    )
+
+
+def _add_test_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that tests proxies."""
     _add_cache_folder(parser)
     parser.add_argument(
         "--timeout", type=float, default=8.0, help="seconds per proxy test"
@@ -161,28 +203,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="DNS server for proxy server names (repeatable; default: the system's)",
     )
     parser.add_argument(
-        "--no-test", action="store_true", help="publish parsed proxies untested"
-    )
-    parser.add_argument(
         "--fresh", action="store_true", help="test everything, reusing no cached result"
-    )
-    parser.add_argument(
-        "--base-url",
-        help="the URL output/ is published at (for the page's QR codes), "
-        "e.g. https://USER.github.io/REPO/",
-    )
-    parser.add_argument(
-        "--all",
-        action="store_true",
-        dest="all_sources",
-        help="fetch every enabled source, also those resting after repeated failures",
-    )
-    parser.add_argument(
-        "--min-alive-share",
-        type=float,
-        default=0.2,
-        help="keep the previous output when fewer proxies are alive than this share "
-        "of the last good run (default 0.2)",
     )
     _add_verbose(parser)
 
@@ -200,8 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline on a sources file")
     run.add_argument("--sources", type=Path, default=Path("sources.yml"))
-    run.add_argument("--test-url", default=DEFAULT_TEST_URL)
-    run.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
+    _add_url_options(run)
     run.add_argument(
         "--shard",
         metavar="I/N",
@@ -213,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         "merge", help="join the partial results of sharded runs and publish them"
     )
     merge.add_argument("partials", nargs="+", type=Path, metavar="PARTIAL")
-    merge.add_argument("--test-url", default=DEFAULT_TEST_URL)
+    merge.add_argument(
+        "--test-url", default=DEFAULT_TEST_URL, help="the URL the partials tested"
+    )
     _add_run_options(merge)
 
     convert = commands.add_parser(
@@ -243,11 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="a file, an http(s) URL, or -"
     )
-    check.add_argument("--test-url", default=DEFAULT_TEST_URL)
-    check.add_argument("--trace-url", default=DEFAULT_TRACE_URL)
+    _add_url_options(check)
     check.add_argument("--json", action="store_true", help="print JSON, not a table")
-    _add_run_options(check)
-    check.set_defaults(output=None)
+    check.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the JSON to FILE (with --json)",
+    )
+    _add_test_options(check)
+    check.set_defaults(
+        no_test=False, base_url=None, all_sources=False, min_alive_share=0.2
+    )
 
     cache = commands.add_parser("cache", help="inspect or tidy the cache folder")
     cache.add_argument("action", choices=("stats", "prune", "clear"))
