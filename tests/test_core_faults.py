@@ -339,6 +339,32 @@ def test_next_batch_starts_while_the_last_waits_out_its_silent_proxies(
     assert live_core[1] < silent_core[2], lifetimes
 
 
+def test_quic_proxies_on_a_udp_port_that_drops_everything_are_dead(
+    core: Core, world_proxies: WorldProxies
+) -> None:
+    """hysteria2 and tuic towards a UDP socket that never reads: no answer
+    and no ICMP either, so each is dead by the timeout (not untestable), and
+    the live copies in the same batch still pass."""
+    quic = [p for p in world_proxies.live if p.protocol in {"hysteria2", "tuic"}]
+    assert {p.protocol for p in quic} == {"hysteria2", "tuic"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        port = sink.getsockname()[1]
+        silent = [dataclasses.replace(p, port=port) for p in quic]
+        with serve_http(TraceHandler) as http_port:
+            settings = ProbeSettings(
+                test_url=f"http://127.0.0.1:{http_port}/generate_204",
+                trace_url=None,
+                timeout=3,
+                concurrency=8,
+            )
+            results = asyncio.run(ProxyTester(core, settings).test(silent + quic))
+    for proxy in silent:
+        assert results[proxy].status is Status.DEAD, results[proxy]
+        assert results[proxy].reason, results[proxy]
+    assert [results[p].status for p in quic] == [Status.ALIVE] * len(quic)
+
+
 # -- an unusable --singbox ---------------------------------------------------
 
 
