@@ -392,6 +392,8 @@ class ProxyTester:
                 # Tests take slots in the order they ask, so the earlier
                 # batches' tests go first and their cores stop sooner.
                 await dispatched.wait()
+                if tasks[-1].done() and tasks[-1].exception() is not None:
+                    break  # a core that fails for every config; raised below
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
