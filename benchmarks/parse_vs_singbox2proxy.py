@@ -18,7 +18,6 @@ import collections
 import gc
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from configstream.parse.subscription import (
     _links_in_line,
     _to_text,
 )
+from configstream.singbox import import_singbox2proxy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_CORPUS = SHARED / "corpus" / "real"
@@ -47,17 +47,11 @@ def import_singbox2proxy_parser() -> Callable[[str], Any]:
     """singbox2proxy's `parse_link`, imported without keeping its side effects.
 
     Importing the package installs SIGINT/SIGTERM/SIGHUP handlers (put back
-    here, as configstream.singbox does) and a stderr log handler that would
-    print every rejected link; its logger is switched off so the timing
-    measures parsing, not terminal output.
+    by configstream.singbox.import_singbox2proxy) and a stderr log handler
+    that would print every rejected link; its logger is switched off so the
+    timing measures parsing, not terminal output.
     """
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {sig: signal.getsignal(sig) for sig in watched}
-    try:
-        from singbox2proxy import parse_link as parse
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    parse = import_singbox2proxy().parse_link
     logging.getLogger("singbox2proxy").disabled = True
     return parse
 

@@ -48,7 +48,6 @@ import math
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -73,7 +72,13 @@ from configstream.models import Proxy, Status, Tls, Transport
 from configstream.outbound import to_outbound
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.render.links import to_link
-from configstream.singbox import Core, locate_core, reserve_ports, run_core
+from configstream.singbox import (
+    Core,
+    import_singbox2proxy,
+    locate_core,
+    reserve_ports,
+    run_core,
+)
 
 # The protocols of the demo world, each an equal share of every fate.
 KINDS = (
@@ -460,13 +465,7 @@ def _import_singbox2proxy() -> Any:
                 f"singbox2proxy fetches through '{module}' (its '{extra}' extra): "
                 "pip install -e '.[bench]', or pass --only c"
             )
-    saved = {
-        s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    import singbox2proxy
-
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+    singbox2proxy = import_singbox2proxy()
     # Every failed fetch is logged at ERROR; the outcomes are counted here.
     singbox2proxy.disable_logging()
     return singbox2proxy

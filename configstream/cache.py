@@ -422,18 +422,17 @@ class Cache:
         for every unique proxy at once, so it asks in batches.
         """
         wanted = [key for key in dict.fromkeys(keys) if key not in self._l1]
-        with collector_paused():
-            for start in range(0, len(wanted), PRELOAD_BATCH):
-                batch = wanted[start : start + PRELOAD_BATCH]
-                marks = ",".join("?" * len(batch))
-                rows = self.connection.execute(
-                    "SELECT id, checked_at, status, value FROM results "
-                    f"WHERE id IN ({marks})",
-                    batch,
-                )
-                found = {row[0]: _result_row(row[1:]) for row in rows}
-                for key in batch:
-                    self._remember(key, found.get(key))
+        for start in range(0, len(wanted), PRELOAD_BATCH):
+            batch = wanted[start : start + PRELOAD_BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self.connection.execute(
+                "SELECT id, checked_at, status, value FROM results "
+                f"WHERE id IN ({marks})",
+                batch,
+            )
+            found = {row[0]: _result_row(row[1:]) for row in rows}
+            for key in batch:
+                self._remember(key, found.get(key))
 
     def _remember(self, key: str, row: dict[str, Any] | None) -> None:
         self._l1[key] = row

@@ -22,7 +22,7 @@ from configstream.resolve import split_nameserver
 from configstream.telegram import is_channel_url
 
 ALLOW_ENV = "CONFIGSTREAM_ALLOW_NETWORKS"
-# Tests in flight. Batches of 500 through up to four live cores keep them
+# Tests in flight. Batches of 500 through up to three live cores keep them
 # busy; 1,000 tests 3,000 loopback proxies in about 12 s on two cores, and
 # the tester lowers it to fit the open-file limit and the memory available.
 DEFAULT_CONCURRENCY = 1000
@@ -96,8 +96,10 @@ class RunSettings:
     nameservers: tuple[str, ...] = ()
 
 
-def _entry(raw: Any, index: int, base: Path) -> Source:
-    where = f"sources[{index}]"
+def _entry(raw: Any, index: int, path: Path) -> Source:
+    """Entry `index` of the sources file at `path`; errors name both."""
+    base = path.parent
+    where = f"{path}: sources[{index}]"
     if not isinstance(raw, dict):
         raise SettingsError("must be a mapping with name and url", where)
     unknown = set(raw) - {"name", "url", "format", "enabled", "tags", "notes"}
@@ -169,11 +171,7 @@ def load_sources(path: str | Path) -> tuple[Source, ...]:
         raise SettingsError(f"not valid YAML: {place}{problem}", str(path)) from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
         raise SettingsError("must have a top-level 'sources:' list", str(path))
-    try:
-        sources = [_entry(raw, i, path.parent) for i, raw in enumerate(data["sources"])]
-    except SettingsError as exc:
-        # Entries name themselves (`sources[3] (feed-x)`); the file goes first.
-        raise SettingsError(str(exc), str(path)) from None
+    sources = [_entry(raw, i, path) for i, raw in enumerate(data["sources"])]
     seen: set[str] = set()
     for index, source in enumerate(sources):
         if source.name in seen:

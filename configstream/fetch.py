@@ -316,11 +316,11 @@ async def fetch_all(
     validators = validators or {}
 
     async def one(source: Source) -> FetchResult:
+        nonlocal waiting
         try:
             host = urllib.parse.urlsplit(source.url).netloc
         except ValueError:
             host = source.url  # fetch_source reports the bad URL
-        nonlocal waiting
         host_limit = per_host.setdefault(host, asyncio.Semaphore(MAX_PER_HOST))
         # The host's slot first: a source waiting for a busy host must not
         # hold one of the slots other hosts could use.

@@ -107,23 +107,31 @@ def locate_core(path: str | os.PathLike[str] | None = None) -> Core:
     )
 
 
+def import_singbox2proxy() -> Any:
+    """The singbox2proxy package, without the signal handlers it installs.
+
+    Importing it installs SIGINT/SIGTERM/SIGHUP handlers, which would replace
+    our clean shutdown; ours are put back right after the import.
+    """
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {sig: signal.getsignal(sig) for sig in watched}
+    try:
+        import singbox2proxy
+    finally:
+        with contextlib.suppress(ValueError):
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+    return singbox2proxy
+
+
 def check_config_file(core: Core, config_path: Path) -> tuple[bool, str]:
     """Run `sing-box check` on a file; returns (ok, message).
 
     Uses singbox2proxy's `SingBoxCore.check_config`, pointed at our binary so
     that it never looks for or installs another one.
     """
-    # singbox2proxy installs SIGINT/SIGTERM/SIGHUP handlers when imported,
-    # which would replace our clean shutdown; put ours back afterwards.
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {sig: signal.getsignal(sig) for sig in watched}
-    try:
-        from singbox2proxy import SingBoxCore
-    finally:
-        with contextlib.suppress(ValueError):
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
-    ok, message = SingBoxCore(executable=str(core.path)).check_config(config_path)
+    core_class = import_singbox2proxy().SingBoxCore
+    ok, message = core_class(executable=str(core.path)).check_config(config_path)
     return bool(ok), str(message).strip()
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from configstream.demo import World, start_world
+from configstream.probe import ProbeSettings
 from configstream.singbox import Core, locate_core
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +103,16 @@ def demo_run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr[-3000:]
     (folder / "log.txt").write_text(done.stdout + done.stderr)
     return folder
+
+
+def loopback_probe(
+    port: int, *, timeout: float = 3, concurrency: int = 8, trace: bool = False
+) -> ProbeSettings:
+    """Tester settings whose test URL (and trace, if asked) is the local
+    HTTP server on `port`."""
+    return ProbeSettings(
+        test_url=f"http://127.0.0.1:{port}/generate_204",
+        trace_url=f"http://127.0.0.1:{port}/cdn-cgi/trace" if trace else None,
+        timeout=timeout,
+        concurrency=concurrency,
+    )

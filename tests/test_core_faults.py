@@ -40,7 +40,7 @@ from configstream.outbound import Unrepresentable, to_outbound
 from configstream.parse import parse_body
 from configstream.probe import ProbeSettings, ProxyTester
 from configstream.singbox import Core, reserve_ports
-from tests.conftest import run_cli, world_run_args
+from tests.conftest import loopback_probe, run_cli, world_run_args
 
 # Long enough that a core can be killed while every probe of its batch is
 # still waiting for the test URL, short enough to keep each test a few seconds.
@@ -214,12 +214,7 @@ def _test_with_kills(
     killer = _CoreKiller(core, proxies[0].port, kills, slow)
     watcher = threading.Thread(target=killer.watch, args=(world_cores,), daemon=True)
     with serve_http(slow.handler) as port:
-        settings = ProbeSettings(
-            test_url=f"http://127.0.0.1:{port}/generate_204",
-            trace_url=None,
-            timeout=5,
-            concurrency=16,
-        )
+        settings = loopback_probe(port, timeout=5, concurrency=16)
         watcher.start()
         try:
             results = asyncio.run(ProxyTester(core, settings).test(proxies))
@@ -324,12 +319,7 @@ def test_next_batch_starts_while_the_last_waits_out_its_silent_proxies(
     # closed, which QUIC clients ignore: silent either way.
     with black_hole_listener() as hole, serve_http(TraceHandler) as port:
         silent = [dataclasses.replace(p, port=hole) for p in live]
-        settings = ProbeSettings(
-            test_url=f"http://127.0.0.1:{port}/generate_204",
-            trace_url=None,
-            timeout=3,
-            concurrency=2 * SMALL_BATCH,
-        )
+        settings = loopback_probe(port, concurrency=2 * SMALL_BATCH)
         results = asyncio.run(ProxyTester(core, settings).test(silent + live))
     assert [results[p].status for p in silent] == [Status.DEAD] * len(silent)
     assert [results[p].status for p in live] == [Status.ALIVE] * len(live)
@@ -352,12 +342,7 @@ def test_quic_proxies_on_a_udp_port_that_drops_everything_are_dead(
         port = sink.getsockname()[1]
         silent = [dataclasses.replace(p, port=port) for p in quic]
         with serve_http(TraceHandler) as http_port:
-            settings = ProbeSettings(
-                test_url=f"http://127.0.0.1:{http_port}/generate_204",
-                trace_url=None,
-                timeout=3,
-                concurrency=8,
-            )
+            settings = loopback_probe(http_port)
             results = asyncio.run(ProxyTester(core, settings).test(silent + quic))
     for proxy in silent:
         assert results[proxy].status is Status.DEAD, results[proxy]

@@ -7,6 +7,8 @@ it replaces, and must step aside where it cannot be exact.
 
 from __future__ import annotations
 
+import gc
+import types
 from urllib.parse import unquote
 
 import pytest
@@ -14,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import configstream.parse.subscription
-from configstream.errors import LinkError
+from configstream.errors import LinkError, SourceError
+from configstream.models import collector_paused
 from configstream.parse import load_yaml, parse_link
 from configstream.parse.links import _parse_fresh, clear_memo, unquote_lenient
 from configstream.parse.subscription import _load_clash_fast, parse_body
@@ -210,14 +213,11 @@ def test_lenient_unquote_examples(text: str, expected: str) -> None:
     assert unquote_lenient(text) == expected
 
 
-def test_collector_is_paused_while_parsing_and_back_after() -> None:
+def test_collector_is_paused_while_parsing_and_back_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Parsing pauses the cycle collector (nested pauses keep it paused) and
     leaves it as it found it, on errors too."""
-    import gc
-
-    from configstream.errors import SourceError
-    from configstream.models import collector_paused
-
     seen: list[bool] = []
     real_to_text = configstream.parse.subscription._to_text
 
@@ -226,13 +226,12 @@ def test_collector_is_paused_while_parsing_and_back_after() -> None:
         return real_to_text(body)
 
     assert gc.isenabled()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(configstream.parse.subscription, "_to_text", spy)
-        with collector_paused():
-            parse_body(f"vless://{UUID}@a.example.com:443#x")
-            assert not gc.isenabled()
-        with pytest.raises(SourceError):
-            parse_body(b"")
+    monkeypatch.setattr(configstream.parse.subscription, "_to_text", spy)
+    with collector_paused():
+        parse_body(f"vless://{UUID}@a.example.com:443#x")
+        assert not gc.isenabled()
+    with pytest.raises(SourceError):
+        parse_body(b"")
     assert seen == [False, False]
     assert gc.isenabled()
     gc.disable()
@@ -248,9 +247,6 @@ def test_remembered_rejection_keeps_no_frame_of_the_body_alive() -> None:
     """A rejection is remembered without the error it was raised from: that
     error's traceback would keep the frames reading the body (and the body's
     text and lines) alive for as long as the result is remembered."""
-    import gc
-    import types
-
     clear_memo()
     # The legacy ss body is not base64: rejected from inside an except block.
     body = "\n".join(["ss://not-base64-at-all!#x", f"vless://{UUID}@a.example.com:443"])

@@ -21,6 +21,7 @@ from configstream.errors import CoreError
 from configstream.models import Proxy, Status
 from configstream.probe import ProbeSettings, ProxyTester, parse_trace
 from configstream.singbox import Core, reserve_ports, run_core
+from tests.conftest import loopback_probe
 
 PASSWORD = "probe-test-password"
 
@@ -138,12 +139,7 @@ def test_config_the_core_refuses_does_not_cost_the_batch(core: Core) -> None:
         "shadowsocks", "127.0.0.1", closed, method="aes-128-gcm", password=PASSWORD
     )
     with serve_http(TraceHandler) as http_port:
-        settings = ProbeSettings(
-            test_url=f"http://127.0.0.1:{http_port}/generate_204",
-            trace_url=f"http://127.0.0.1:{http_port}/cdn-cgi/trace",
-            timeout=3,
-            concurrency=4,
-        )
+        settings = loopback_probe(http_port, concurrency=4, trace=True)
         results = asyncio.run(
             _test_through_server(
                 core, [refused, good, wrong, nothing], settings, server_port
@@ -197,12 +193,7 @@ def test_second_round_failure_is_dead_as_flaky(core: Core) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        settings = ProbeSettings(
-            test_url=f"http://127.0.0.1:{port}/generate_204",
-            trace_url=None,
-            timeout=3,
-            concurrency=4,
-        )
+        settings = loopback_probe(port, concurrency=4)
         results = asyncio.run(
             _test_through_server(core, [good, nothing], settings, server_port)
         )
@@ -287,12 +278,7 @@ def _run_with_poison(
             return await ProxyTester(core, settings).test(proxies)
 
     with serve_http(TraceHandler) as http_port:
-        settings = ProbeSettings(
-            test_url=f"http://127.0.0.1:{http_port}/generate_204",
-            trace_url=None,
-            timeout=3,
-            concurrency=8,
-        )
+        settings = loopback_probe(http_port)
         return proxies, asyncio.run(scenario(settings))
 
 
